@@ -1,0 +1,146 @@
+"""The PNG chart of one run (needs matplotlib, an optional bench dependency)."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from report import RAW_SERVER
+from results import Results
+from servers import ServerSpec
+
+BAR_GROUP_WIDTH = 0.8
+
+
+def write_chart(
+    results: Results,
+    servers: Sequence[ServerSpec],
+    concurrencies: Sequence[int],
+    path: Path,
+) -> None:
+    """Draw throughput, latency, limit ratios, echo, idle memory and slowloris."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [spec.name for spec in servers]
+    colors = {name: plt.get_cmap("tab10")(index) for index, name in enumerate(names)}
+    figure, axes = plt.subplots(2, 3, figsize=(18, 10))
+    _throughput(axes[0][0], results, names, colors, concurrencies)
+    _grouped(
+        axes[0][1], names, colors, concurrencies, results.median_p99_ms,
+        "p99 latency (ms, log scale)",
+    )  # fmt: skip
+    axes[0][1].set_yscale("log")
+    _limit_ratio(axes[0][2], results, names, colors, concurrencies)
+    _bars(
+        axes[1][0], names, colors, results.median_echo_rps,
+        "1 MiB POST echo: MiB/s each way",
+    )  # fmt: skip
+    _bars(
+        axes[1][1], names, colors, lambda name: _kib_per_connection(results, name),
+        "idle keep-alive connection: KiB of RSS each",
+    )  # fmt: skip
+    _slowloris(axes[1][2], results, names, colors)
+    figure.suptitle(
+        f"trioserve benchmark, {results.meta['date']}: {results.meta['cpu']}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _grouped(
+    axis: Any,
+    names: Sequence[str],
+    colors: dict[str, Any],
+    concurrencies: Sequence[int],
+    value: Callable[[str, int], float | None],
+    title: str,
+) -> None:
+    """Bars grouped by concurrency, one bar per server that has a value."""
+    width = BAR_GROUP_WIDTH / len(names)
+    for index, name in enumerate(names):
+        points = [(i, value(name, c)) for i, c in enumerate(concurrencies)]
+        present = [(i, v) for i, v in points if v is not None]
+        if present:
+            xs = [i - BAR_GROUP_WIDTH / 2 + (index + 0.5) * width for i, _ in present]
+            heights = [v for _, v in present]
+            axis.bar(xs, heights, width, label=name, color=colors[name])
+    axis.set_xticks(range(len(concurrencies)))
+    axis.set_xticklabels([f"c={c}" for c in concurrencies])
+    axis.set_title(title)
+
+
+def _throughput(
+    axis: Any,
+    results: Results,
+    names: Sequence[str],
+    colors: dict[str, Any],
+    concurrencies: Sequence[int],
+) -> None:
+    title = "GET / Hello, world!: req/s (black line: trio + h11 limit)"
+    _grouped(axis, names, colors, concurrencies, results.median_rps, title)
+    for index, connections in enumerate(concurrencies):
+        limit = results.limit_rps(RAW_SERVER, connections)
+        if limit is not None:
+            half = BAR_GROUP_WIDTH / 2
+            axis.hlines(limit, index - half, index + half, colors="black", linewidth=2)
+    axis.legend(fontsize="small")
+
+
+def _limit_ratio(
+    axis: Any,
+    results: Results,
+    names: Sequence[str],
+    colors: dict[str, Any],
+    concurrencies: Sequence[int],
+) -> None:
+    def ratio(name: str, connections: int) -> float | None:
+        rps = results.median_rps(name, connections)
+        limit = results.limit_rps(RAW_SERVER, connections)
+        return rps / limit if rps is not None and limit else None
+
+    measured = [name for name in names if name != RAW_SERVER]
+    _grouped(
+        axis, measured, colors, concurrencies, ratio, "ratio to the trio + h11 limit"
+    )
+    axis.axhline(1.0, color="black", linewidth=1)
+
+
+def _bars(
+    axis: Any,
+    names: Sequence[str],
+    colors: dict[str, Any],
+    value: Callable[[str], float | None],
+    title: str,
+) -> None:
+    """One bar per server that has a value."""
+    present = [(name, value(name)) for name in names]
+    shown = [(name, v) for name, v in present if v is not None]
+    axis.bar(
+        [name for name, _ in shown],
+        [v for _, v in shown],
+        color=[colors[name] for name, _ in shown],
+    )
+    axis.set_title(title)
+    axis.tick_params(axis="x", labelrotation=30)
+
+
+def _kib_per_connection(results: Results, name: str) -> float | None:
+    idle = results.idle.get(name)
+    return idle.kib_per_connection if idle else None
+
+
+def _slowloris(
+    axis: Any, results: Results, names: Sequence[str], colors: dict[str, Any]
+) -> None:
+    shown = [name for name in names if name in results.slowloris]
+    for index, name in enumerate(shown):
+        run = results.slowloris[name]
+        heights = [run.baseline.p99_ms or 0.0, run.loaded.p99_ms or 0.0]
+        axis.bar([index - 0.2, index + 0.2], heights, 0.4, color=colors[name])
+        axis.bar([index + 0.2], [heights[1]], 0.4, color="none", hatch="//")
+    axis.set_xticks(range(len(shown)))
+    axis.set_xticklabels(shown, rotation=30)
+    axis.set_title("p99 of ordinary clients (ms): alone | hatched: with slowloris")

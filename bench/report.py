@@ -1,0 +1,249 @@
+"""The Markdown report: medians, ratios to each peer and to the limit."""
+
+from collections.abc import Callable, Sequence
+
+from results import Results
+from servers import ServerSpec
+
+RAW_SERVER = "trio-raw"
+MISSING = "—"
+
+Cells = Callable[[str], list[str] | None]
+
+
+def markdown(
+    results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
+) -> str:
+    sections = [
+        _header(results),
+        _throughput(results, servers, concurrencies),
+        _limit_ratios(results, servers, concurrencies),
+        _peer_ratios(results, servers, concurrencies),
+        _limits(results, concurrencies),
+        _echo(results, servers),
+        _idle(results, servers),
+        _slowloris(results, servers),
+        _unavailable(results),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _header(results: Results) -> str:
+    meta = results.meta
+    versions = ", ".join(
+        f"{name} {version}" for name, version in meta["versions"].items()
+    )
+    return (
+        f"Command: `{meta['command']}`  \n"
+        f"Date: {meta['date']}; CPU: {meta['cpu']}; server pinned to CPU "
+        f"{meta['server_cpu']}, wrk and clients to CPU {meta['load_cpu']}; "
+        f"medians of {meta['repetitions']} interleaved repetition(s) of "
+        f"{meta['seconds']:g} s each.  \n"
+        f"Versions: {versions}."
+    )
+
+
+def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    if not rows:
+        return ""
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |"]
+    lines.append("|" + "---|" * len(headers))
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rows(
+    results: Results, servers: Sequence[ServerSpec], cells: Cells
+) -> list[list[str]]:
+    """A row per server that has data; "unavailable" for one that did not run."""
+    rows = []
+    for spec in servers:
+        row = cells(spec.name)
+        if row is not None:
+            rows.append([spec.name, *row])
+        elif spec.name in results.unavailable:
+            rows.append([spec.name, "unavailable"])
+    return rows
+
+
+def _columns(concurrencies: Sequence[int]) -> list[str]:
+    return [f"c={connections}" for connections in concurrencies]
+
+
+def _throughput(
+    results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
+) -> str:
+    def cells(name: str) -> list[str] | None:
+        if name not in results.throughput:
+            return None
+        rps = [_rps(results.median_rps(name, c)) for c in concurrencies]
+        p99 = [_ms(results.median_p99_ms(name, c)) for c in concurrencies]
+        return [f"{value} ({latency})" for value, latency in zip(rps, p99, strict=True)]
+
+    rows = _rows(results, servers, cells)
+    rows.append(["*trio + h11 limit*", *(_limit_cells(results, concurrencies))])
+    title = "Throughput, `GET /` → `Hello, world!`: req/s (p99 latency)"
+    return _section(title, ["server", *_columns(concurrencies)], rows)
+
+
+def _limit_cells(results: Results, concurrencies: Sequence[int]) -> list[str]:
+    return [_rps(results.limit_rps(RAW_SERVER, c)) for c in concurrencies]
+
+
+def _limit_ratios(
+    results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
+) -> str:
+    def cells(name: str) -> list[str] | None:
+        if name not in results.throughput:
+            return None
+        limits = [results.limit_rps(RAW_SERVER, c) for c in concurrencies]
+        return [
+            _ratio(results.median_rps(name, c), limit)
+            for c, limit in zip(concurrencies, limits, strict=True)
+        ]
+
+    measured = [spec for spec in servers if spec.kind != "limit"]
+    title = "Ratio to the trio + h11 limit (1.00x = as fast as the limit)"
+    return _section(
+        title, ["server", *_columns(concurrencies)], _rows(results, measured, cells)
+    )
+
+
+def _peer_ratios(
+    results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
+) -> str:
+    title = "trioserve / each peer, req/s (above 1.00x = trioserve faster)"
+    subjects = [
+        spec.name
+        for spec in servers
+        if spec.kind == "trioserve" and spec.name in results.throughput
+    ]
+    if not subjects:
+        return f"### {title}\n\ntrioserve did not run: see *Unavailable* below."
+    peers = [spec.name for spec in servers if spec.kind != "trioserve"]
+    rows = [
+        [
+            f"{subject} / {peer}",
+            *(
+                _ratio(results.median_rps(subject, c), results.median_rps(peer, c))
+                for c in concurrencies
+            ),
+            _ratio(results.median_echo_rps(subject), results.median_echo_rps(peer)),
+        ]
+        for subject in subjects
+        for peer in peers
+    ]
+    return _section(title, ["ratio", *_columns(concurrencies), "1 MiB echo"], rows)
+
+
+def _limits(results: Results, concurrencies: Sequence[int]) -> str:
+    h11_us = results.median_h11_us()
+    raw_us = [results.median_rps(RAW_SERVER, c) for c in concurrencies]
+    rows = [
+        ["h11 in memory, µs per request", *[_us(h11_us) for _ in concurrencies]],
+        [
+            "raw trio socket loop, µs per request",
+            *[_us(_per_request_us(rps)) for rps in raw_us],
+        ],
+        ["trio + h11 limit, req/s", *_limit_cells(results, concurrencies)],
+    ]
+    title = "The two limits (limit = 10⁶ / (h11 µs + raw trio loop µs))"
+    return _section(title, ["", *_columns(concurrencies)], rows)
+
+
+def _echo(results: Results, servers: Sequence[ServerSpec]) -> str:
+    def cells(name: str) -> list[str] | None:
+        if name not in results.echo:
+            return None
+        rps = results.median_echo_rps(name)
+        return [_rps(rps), _rps(rps), _ms(results.median_echo_p99_ms(name))]
+
+    title = "1 MiB POST echo (16 connections)"
+    headers = ["server", "req/s", "MiB/s each way", "p99"]
+    return _section(title, headers, _rows(results, servers, cells))
+
+
+def _idle(results: Results, servers: Sequence[ServerSpec]) -> str:
+    def cells(name: str) -> list[str] | None:
+        idle = results.idle.get(name)
+        if idle is None:
+            return None
+        return [
+            f"{idle.held:,} / {idle.requested:,}",
+            f"{idle.rss_before_kib / 1024:.1f} MiB",
+            f"{idle.rss_after_kib / 1024:.1f} MiB",
+            _number(idle.kib_per_connection, "{:.1f} KiB"),
+        ]
+
+    title = "Idle keep-alive connections: server memory (RSS)"
+    headers = [
+        "server",
+        "held / opened",
+        "RSS before",
+        "RSS holding them",
+        "per connection",
+    ]
+    return _section(title, headers, _rows(results, servers, cells))
+
+
+def _slowloris(results: Results, servers: Sequence[ServerSpec]) -> str:
+    def cells(name: str) -> list[str] | None:
+        run = results.slowloris.get(name)
+        if run is None:
+            return None
+        return [
+            f"{run.attack.still_open:,} / {run.attack.opened:,}",
+            f"{_ms(run.baseline.p50_ms)} → {_ms(run.loaded.p50_ms)}",
+            f"{_ms(run.baseline.p99_ms)} → {_ms(run.loaded.p99_ms)}",
+            _ratio(run.loaded.p99_ms, run.baseline.p99_ms),
+            f"{run.loaded.errors:,}",
+        ]
+
+    title = "Ordinary clients (16 connections) alone → with slowloris connections held"
+    headers = [
+        "server",
+        "slowloris still open / opened",
+        "p50",
+        "p99",
+        "p99 ratio",
+        "errors",
+    ]
+    return _section(title, headers, _rows(results, servers, cells))
+
+
+def _unavailable(results: Results) -> str:
+    if not results.unavailable:
+        return ""
+    lines = ["### Unavailable", ""]
+    lines += [f"- **{name}**: {reason}" for name, reason in results.unavailable.items()]
+    return "\n".join(lines)
+
+
+def _per_request_us(rps: float | None) -> float | None:
+    return 1e6 / rps if rps else None
+
+
+def _number(value: float | None, template: str) -> str:
+    return MISSING if value is None else template.format(value)
+
+
+def _rps(value: float | None) -> str:
+    return _number(value, "{:,.0f}")
+
+
+def _us(value: float | None) -> str:
+    return _number(value, "{:.1f}")
+
+
+def _ms(value: float | None) -> str:
+    if value is not None and value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return _number(
+        value, "{:.2f} ms" if value is not None and value < 10 else "{:.0f} ms"
+    )
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return MISSING
+    return f"{value / reference:.2f}x"

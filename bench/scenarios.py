@@ -1,0 +1,95 @@
+"""The measurements, each against one running server (see servers.py)."""
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from clients import SlowlorisReport, idle_connections, under_slowloris
+from servers import BENCH, SERVER_CPU, RunningServer
+from wrk import WrkResult, run_wrk
+
+ECHO_SCRIPT = BENCH / "lua" / "echo.lua"
+ECHO_CONNECTIONS = 16
+WARMUP_CONNECTIONS = 16
+ORDINARY_CLIENTS = 16
+SETTLE_SECONDS = 1.0
+SLOWLORIS_MARGIN_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class IdleResult:
+    """Server memory before and while it holds idle keep-alive connections."""
+
+    requested: int
+    completed: int
+    held: int
+    rss_before_kib: float
+    rss_after_kib: float
+
+    @property
+    def kib_per_connection(self) -> float | None:
+        if not self.held:
+            return None
+        return (self.rss_after_kib - self.rss_before_kib) / self.held
+
+
+@dataclass(frozen=True)
+class SlowlorisResult:
+    """Ordinary clients' latency without and with slowloris connections held."""
+
+    baseline: WrkResult
+    loaded: WrkResult
+    attack: SlowlorisReport
+
+
+def warm_up(server: RunningServer, seconds: float) -> None:
+    run_wrk(server.url, WARMUP_CONNECTIONS, seconds)
+
+
+def throughput(server: RunningServer, connections: int, seconds: float) -> WrkResult:
+    return run_wrk(server.url, connections, seconds)
+
+
+def echo(server: RunningServer, seconds: float) -> WrkResult:
+    """POST 1 MiB bodies that the server echoes back."""
+    return run_wrk(server.url, ECHO_CONNECTIONS, seconds, script=ECHO_SCRIPT)
+
+
+def idle_memory(server: RunningServer, count: int) -> IdleResult:
+    """RSS growth while ``count`` keep-alive connections sit idle."""
+    rss_before = server.rss_bytes()
+    with idle_connections(server.port, count) as completed:
+        time.sleep(SETTLE_SECONDS)
+        held = server.established_connections()
+        rss_after = server.rss_bytes()
+    return IdleResult(count, completed, held, rss_before / 1024, rss_after / 1024)
+
+
+def slowloris_latency(
+    server: RunningServer, connections: int, interval: float, seconds: float
+) -> SlowlorisResult:
+    """Latency of ORDINARY_CLIENTS alone, then while slowloris holds connections."""
+    baseline = run_wrk(server.url, ORDINARY_CLIENTS, seconds)
+    loaded, attack = under_slowloris(
+        server.port,
+        connections,
+        interval,
+        hold=seconds + SLOWLORIS_MARGIN_SECONDS,
+        measure=lambda: run_wrk(server.url, ORDINARY_CLIENTS, seconds),
+    )
+    return SlowlorisResult(baseline, loaded, attack)
+
+
+def h11_cost_us(requests: int) -> float:
+    """h11's in-memory cost per request, measured on the server CPU."""
+    command = [
+        "taskset", "-c", SERVER_CPU, sys.executable, str(BENCH / "limits.py"),
+        "h11-cost", "--requests", str(requests),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=120
+    )
+    cost: float = json.loads(completed.stdout)["h11_us"]
+    return cost

@@ -1,0 +1,239 @@
+"""The servers under test: how to start each one pinned to the server CPU,
+wait until it answers, measure it, and stop it with everything it started."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+APPS = BENCH / "apps"
+SERVER_CPU = "0"
+HOST = "127.0.0.1"
+ASGI_APP = "asgi_app:app"
+KEEP_ALIVE_SECONDS = "120"
+READY_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 5.0
+PROBE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+THROUGHPUT = "throughput"
+ECHO = "echo"
+IDLE = "idle"
+SLOWLORIS = "slowloris"
+ALL_SCENARIOS = frozenset({THROUGHPUT, ECHO, IDLE, SLOWLORIS})
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server in the comparison.
+
+    ``kind`` is ``"trioserve"`` (the subject), ``"peer"`` or ``"limit"``.
+    """
+
+    name: str
+    description: str
+    kind: str
+    command: Callable[[int], list[str]]
+    scenarios: frozenset[str] = ALL_SCENARIOS
+
+
+class ServerUnavailable(RuntimeError):
+    """The server did not start or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    spec: ServerSpec
+    pid: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and all of its child processes."""
+        process = psutil.Process(self.pid)
+        tree = [process, *process.children(recursive=True)]
+        return sum(member.memory_info().rss for member in tree)
+
+    def established_connections(self) -> int:
+        """Client connections the server side holds open right now."""
+        process = psutil.Process(self.pid)
+        tree = [process, *process.children(recursive=True)]
+        return sum(
+            1
+            for member in tree
+            for connection in member.net_connections(kind="tcp")
+            if connection.status == psutil.CONN_ESTABLISHED
+            and connection.laddr
+            and connection.laddr.port == self.port
+        )
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _uvicorn(http: str, loop: str) -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        flags = f"--http {http} --loop {loop} --lifespan on --no-access-log"
+        flags += f" --log-level warning --timeout-keep-alive {KEEP_ALIVE_SECONDS}"
+        return _python("-m", "uvicorn", ASGI_APP, *_bind_flags(port), *flags.split())
+
+    return command
+
+
+def _bind_flags(port: int) -> list[str]:
+    return ["--host", HOST, "--port", str(port)]
+
+
+def _script(path: Path, *args: str) -> Callable[[int], list[str]]:
+    return lambda port: _python(str(path), *args, "--port", str(port))
+
+
+def _trioserve_asgi(port: int) -> list[str]:
+    flags = ["--interface", "asgi", *_bind_flags(port), "--no-access-log"]
+    return _python("-m", "trioserve", ASGI_APP, *flags)
+
+
+def _hypercorn_trio(port: int) -> list[str]:
+    flags = f"--worker-class trio --workers 0 --keep-alive {KEEP_ALIVE_SECONDS}"
+    flags += f" --bind {HOST}:{port}"
+    return _python("-m", "hypercorn", *flags.split(), ASGI_APP)
+
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec(
+        "trioserve",
+        "trioserve, native handler",
+        "trioserve",
+        _script(APPS / "native_app.py"),
+    ),
+    ServerSpec(
+        "trioserve-asgi",
+        "trioserve, ASGI app (python -m trioserve --interface asgi)",
+        "trioserve",
+        _trioserve_asgi,
+    ),
+    ServerSpec(
+        "hypercorn-trio",
+        "hypercorn, trio worker, in-process (--workers 0)",
+        "peer",
+        _hypercorn_trio,
+    ),
+    ServerSpec(
+        "uvicorn-h11",
+        "uvicorn, h11 + asyncio",
+        "peer",
+        _uvicorn("h11", "asyncio"),
+    ),
+    ServerSpec(
+        "uvicorn-httptools",
+        "uvicorn, httptools + uvloop",
+        "peer",
+        _uvicorn("httptools", "uvloop"),
+    ),
+    ServerSpec(
+        "trio-h11-loop",
+        "plain trio + h11 loop (bench/apps/h11_loop.py)",
+        "peer",
+        _script(APPS / "h11_loop.py"),
+    ),
+    ServerSpec(
+        "trio-raw",
+        "raw trio socket loop: prebuilt response, no parsing (bench/limits.py)",
+        "limit",
+        _script(BENCH / "limits.py", "serve-raw"),
+        frozenset({THROUGHPUT, IDLE}),
+    ),
+)
+SERVER_NAMES = tuple(spec.name for spec in SERVERS)
+
+
+def server_spec(name: str) -> ServerSpec:
+    return next(spec for spec in SERVERS if spec.name == name)
+
+
+@contextmanager
+def running(spec: ServerSpec) -> Iterator[RunningServer]:
+    """Start ``spec`` on SERVER_CPU in its own process group; stop it on exit."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)])}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, *spec.command(port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(process, port, log)
+            yield RunningServer(spec, process.pid, port)
+        finally:
+            _stop(process)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerUnavailable(f"exited with {process.returncode}: {_tail(log)}")
+        if _answers(port):
+            return
+        time.sleep(0.1)
+    waited = f"{READY_TIMEOUT_SECONDS:g}s"
+    raise ServerUnavailable(f"no answer within {waited}: {_tail(log)}")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as client:
+            client.sendall(PROBE)
+            return client.recv(4096).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _tail(log: IO[bytes], limit: int = 400) -> str:
+    log.seek(0)
+    return log.read()[-limit:].decode(errors="replace").strip()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, give it time to exit, then SIGKILL what is left."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,22 @@
+"""trioserve: an HTTP/1.1 server on trio and h11 that no slow client can stall.
+
+The public surface is re-exported here, one name per line; the code lives in private
+modules (``trioserve/_*.py``).
+"""
+
+from ._config import Config as Config
+from ._errors import BadRequest as BadRequest
+from ._errors import ClientDisconnected as ClientDisconnected
+from ._errors import ContentTooLarge as ContentTooLarge
+from ._errors import HeaderFieldsTooLarge as HeaderFieldsTooLarge
+from ._errors import HTTPError as HTTPError
+from ._errors import HTTPVersionNotSupported as HTTPVersionNotSupported
+from ._errors import RequestTimeout as RequestTimeout
+from ._errors import URITooLong as URITooLong
+from ._headers import Headers as Headers
+from ._request import Request as Request
+from ._response import Response as Response
+from ._server import Server as Server
+from ._server import serve as serve
+from ._stats import ServerStatistics as ServerStatistics
+from ._version import __version__ as __version__

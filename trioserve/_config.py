@@ -1,0 +1,191 @@
+"""Config: every deadline and limit of the server, validated and frozen.
+
+Rules for this module:
+1. Every number the server acts on lives here, with its unit, its default, the attack it
+   stops and the peer precedent for the default. Seconds are ``float``; "no limit" is
+   ``math.inf``, never ``None``.
+2. A Config is checked when it is built: a wrong type raises ``TypeError``, a value out
+   of range raises ``ValueError``, naming the field. Nothing downstream re-validates.
+3. This module imports nothing from the rest of trioserve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = ["Config"]
+
+_KiB = 1024
+_MiB = 1024 * _KiB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Every deadline and limit of a trioserve server, in one frozen value.
+
+    Build one with keyword arguments and pass it to :func:`trioserve.serve` or
+    :class:`trioserve.Server`; use :meth:`replace` to derive a variant::
+
+        config = trioserve.Config(keep_alive_timeout=2.0, max_body_size=1024 * 1024)
+        strict = config.replace(header_timeout=5.0)
+
+    Times are seconds (``float``) and sizes are bytes; ``math.inf`` means "no limit".
+    README.md's "Deadlines and limits" table explains what each one defends against.
+
+    Raises:
+        TypeError: a field has the wrong type (for example a string, or a bool).
+        ValueError: a field is out of range (negative, zero where that makes no sense,
+            NaN, or a size that is not a whole number).
+    """
+
+    # --- Deadlines -------------------------------------------------------------------
+
+    #: Idle time allowed between two requests on a kept-alive connection; then the
+    #: connection is closed quietly. Stops idle connections from pinning sockets and
+    #: memory. 5 s as uvicorn and hypercorn (nginx: 75 s, Apache: 5 s).
+    keep_alive_timeout: float = 5.0
+
+    #: Time allowed to receive a whole request head (request line and headers),
+    #: counted from accept for a connection's first request and from the first byte of
+    #: each later one. Never reset by progress, so a slowloris client trickling one
+    #: byte a second is cut off with 408 at this deadline. 10 s (nginx
+    #: client_header_timeout: 60 s; Apache mod_reqtimeout: 20-40 s; uvicorn and
+    #: hypercorn have none).
+    header_timeout: float = 10.0
+
+    #: Time allowed without any body byte arriving while the request body is read;
+    #: then 408 and close. Stops a client that starts a body and stalls.
+    #: 30 s (nginx client_body_timeout: 60 s; Apache: 20 s; uvicorn, hypercorn: none).
+    body_timeout: float = 30.0
+
+    #: Minimum average body rate, bytes per second of time spent waiting for the
+    #: body, enforced once ``body_rate_grace`` seconds of waiting have passed. Stops a
+    #: client that drips a body just fast enough to beat ``body_timeout``.
+    #: 1 KiB/s: 1 byte/s fails after the grace, a 64 KiB/s upload of 100 MB passes.
+    #: Precedent: Apache mod_reqtimeout ``body=20,MinRate=500``.
+    body_min_rate: float = 1024.0
+
+    #: Seconds of waiting for the body before ``body_min_rate`` applies.
+    body_rate_grace: float = 10.0
+
+    #: Time allowed for a write to make progress (the client does not read its
+    #: response); then the connection is aborted and the handler cancelled. Stops a
+    #: client from pinning a response buffer and a task forever. 30 s (nginx
+    #: send_timeout: 60 s; uvicorn and hypercorn: none).
+    write_timeout: float = 30.0
+
+    #: On graceful shutdown, how long requests in flight may run before they are
+    #: cancelled and their connections aborted. 30 s as gunicorn's graceful_timeout and
+    #: Kubernetes' default termination grace period (hypercorn: 60 s; uvicorn: none).
+    shutdown_timeout: float = 30.0
+
+    # --- Limits ----------------------------------------------------------------------
+
+    #: Largest request head (request line and headers) in bytes; larger gets 431
+    #: (414 when the request line alone is too long). Passed to h11 as
+    #: ``max_incomplete_event_size``. 16 KiB as h11, hypercorn and uvicorn.
+    max_header_size: float = 16 * _KiB
+
+    #: Longest request target in bytes; longer gets 414. 8 KiB (nginx
+    #: large_client_header_buffers: 8 KiB; Apache LimitRequestLine: 8190).
+    max_target_length: float = 8 * _KiB
+
+    #: Most header fields in one request; more gets 431. 100 as Apache's
+    #: LimitRequestFields and Node.js' maxHeadersCount.
+    max_header_count: float = 100
+
+    #: Largest request body in bytes. A declared Content-Length over it gets 413 before
+    #: a byte of body is read (and before any 100 Continue); a chunked body gets 413 as
+    #: soon as it crosses it. 100 MiB (nginx: 1 MiB; Django's upload handling streams).
+    max_body_size: float = 100 * _MiB
+
+    #: After a response, unread request body up to this many bytes is read and thrown
+    #: away so the connection can be kept alive; a larger (or chunked) unread body
+    #: closes the connection instead. 64 KiB (h11's example server drains likewise).
+    max_drain_size: float = 64 * _KiB
+
+    #: Most connections open at once. At the cap the longest-idle connection is closed
+    #: to make room; when none is idle, accepting pauses and the kernel backlog holds
+    #: new clients. 10 000 (hypercorn, uvicorn: unlimited; nginx worker_connections:
+    #: 512 per worker).
+    max_connections: float = 10_000
+
+    #: Requests served on one connection before it is closed (``Connection: close`` on
+    #: the last). No limit by default, as uvicorn's ``--limit-max-requests`` is per
+    #: process; nginx keepalive_requests: 1000.
+    max_requests_per_connection: float = math.inf
+
+    #: Listen backlog passed to ``listen()`` (the kernel caps it at somaxconn).
+    #: 2048 as uvicorn (hypercorn: 100).
+    backlog: int = 2048
+
+    # --- Identity ----------------------------------------------------------------------
+
+    #: Value of the ``Server`` header on every response; ``None`` leaves it out.
+    server_header: str | None = "trioserve"
+
+    #: The path prefix the application is mounted under (ASGI ``root_path``, WSGI
+    #: ``SCRIPT_NAME``), for running behind a proxy that strips it.
+    root_path: str = ""
+
+    def __post_init__(self) -> None:
+        for name in _SECONDS:
+            _check_number(name, getattr(self, name), allow_zero=False)
+        _check_number("body_min_rate", self.body_min_rate, allow_zero=True)
+        if self.body_min_rate == math.inf:
+            raise ValueError("body_min_rate must be finite (use 0 for no minimum rate)")
+        for name in _SIZES:
+            value = getattr(self, name)
+            _check_number(name, value, allow_zero=name == "max_drain_size")
+            if value != math.inf and value != int(value):
+                raise ValueError(f"{name} must be a whole number or math.inf, not {value!r}")
+        if type(self.backlog) is not int:
+            raise TypeError(f"backlog must be an int, not {type(self.backlog).__name__}")
+        if self.backlog < 1:
+            raise ValueError(f"backlog must be at least 1, not {self.backlog!r}")
+        if self.server_header is not None:
+            if not isinstance(self.server_header, str):
+                raise TypeError("server_header must be a str or None")
+            if not self.server_header.isprintable() or not self.server_header.isascii():
+                raise ValueError("server_header must be printable ASCII")
+        if not isinstance(self.root_path, str):
+            raise TypeError("root_path must be a str")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError(
+                f"root_path must start with '/' and not end with one, not {self.root_path!r}"
+            )
+
+    def replace(self, **changes: float | str | None) -> Config:
+        """Return a copy with the given fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked by __post_init__
+
+
+_SECONDS = (
+    "keep_alive_timeout",
+    "header_timeout",
+    "body_timeout",
+    "body_rate_grace",
+    "write_timeout",
+    "shutdown_timeout",
+)
+_SIZES = (
+    "max_header_size",
+    "max_target_length",
+    "max_header_count",
+    "max_body_size",
+    "max_drain_size",
+    "max_connections",
+    "max_requests_per_connection",
+)
+
+
+def _check_number(name: str, value: object, *, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise ValueError(f"{name} must be {bound} (math.inf for no limit), not {value!r}")

@@ -1,0 +1,648 @@
+"""One task per connection: the only code that reads or writes a client's stream.
+
+Rules for this module:
+1. Each phase of a connection runs under a cancel scope whose deadline governs exactly
+   that phase (Config says how long):
+
+   ====================  ==========================================  ===============
+   phase                 deadline                                    on expiry
+   ====================  ==========================================  ===============
+   idle, first request   accept + header_timeout                     close quietly
+   idle, kept alive      end of last response + keep_alive_timeout   close quietly
+   request head          first byte (accept, for the first request)  408, close
+                         + header_timeout, never reset by progress
+   request body          body_timeout without a byte, or the         408 (raised
+                         minimum average rate after the grace        into the
+                                                                     handler), close
+   writing               write_timeout without progress              abort
+   ====================  ==========================================  ===============
+
+   The handler itself has no deadline: it is the application's business.
+2. Nothing here is shielded from cancellation, so shutdown and deadlines act even
+   while a send is stuck on a client that does not read.
+3. The handler runs in this task (no task per request). A watcher task that notices
+   a vanished client is started only if the handler suspends after the request body
+   is complete (see ``_run_inline``): a handler that answers at once costs no task.
+4. Errors are sorted at this boundary: protocol refusals get their status and a
+   close; a handler failure before the response gets a 500; anything after the
+   response started aborts the connection, never a truncated response that looks
+   complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
+from typing import Final, TypeVar
+
+import h11  # only for LocalProtocolError raised by body framing on our side
+import trio
+
+from ._config import Config
+from ._errors import ClientDisconnected, HTTPError, RequestTimeout
+from ._headers import Headers
+from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
+from ._logging import access_logger, error_logger, log_access
+from ._request import Request
+from ._response import Response
+from ._tracker import ConnectionTracker
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["HTTPConnection", "Handler"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+#: Bytes asked of the stream per read (trio's own default for SocketStream).
+RECEIVE_SIZE: Final = 65536
+#: Large bodies are written in pieces of this size, each under its own write deadline,
+#: so ``write_timeout`` measures lack of progress rather than total transfer time.
+WRITE_CHUNK: Final = 256 * 1024
+#: Before closing a connection after a response, we stop writing and read (and throw
+#: away) what the client still sends, for at most this long and this much, so the
+#: kernel does not answer unread data with a reset that destroys the response in
+#: flight (RFC 9112 9.6 "lingering close").
+LINGER_SECONDS: Final = 1.0
+LINGER_BYTES: Final = 256 * 1024
+
+_debug_enabled = error_logger.isEnabledFor
+
+
+class _Abort(Exception):
+    """The connection must be cut off at once; the cause was already counted and logged."""
+
+
+class HTTPConnection:
+    """Serves HTTP/1.1 on one stream until it closes. Build one per connection."""
+
+    __slots__ = (
+        "_body_waited",
+        "_client",
+        "_config",
+        "_counters",
+        "_cycle",
+        "_handler",
+        "_handler_scope",
+        "_nursery",
+        "_peer_eof",
+        "_proto",
+        "_scheme",
+        "_server",
+        "_stream",
+        "_tracker",
+        "_watcher_done",
+        "_watcher_scope",
+        "_watcher_wanted",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handler: Handler,
+        config: Config,
+        tracker: ConnectionTracker,
+        *,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        scheme: str = "http",
+    ) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._config = config
+        self._tracker = tracker
+        self._counters = tracker.counters
+        self._client = client
+        self._server = server
+        self._scheme = scheme
+        self._proto = HTTP11Protocol(config)
+        self._cycle = 0
+        self._peer_eof = False
+        self._body_waited = 0.0
+        self._handler_scope: trio.CancelScope | None = None
+        self._watcher_wanted = False
+        self._watcher_scope: trio.CancelScope | None = None
+        self._watcher_done: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # --- The connection loop -----------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve requests until the connection ends; always closes the stream.
+
+        Never raises for anything a client does; lets cancellation propagate.
+        """
+        tracker = self._tracker
+        tracker.connection_opened()
+        graceful = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    graceful = await self._serve_requests()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except _Abort:
+            self._counters.connections_aborted += 1
+        finally:
+            tracker.connection_closed()
+            if graceful:
+                await self._close_gracefully()
+            else:
+                await trio.aclose_forcefully(self._stream)
+
+    async def _serve_requests(self) -> bool:
+        """The request loop. Returns True if a response was sent before the close."""
+        config = self._config
+        proto = self._proto
+        deadline = trio.current_time() + config.header_timeout
+        served = 0
+        while True:
+            try:
+                head = await self._receive_head(deadline, first=served == 0)
+            except HTTPError as exc:
+                await self._send_error(exc.status_code)
+                return True
+            if head is None:
+                return False
+            served += 1
+            last = served >= config.max_requests_per_connection
+            if not await self._exchange(head, last=last):
+                return True
+            if not proto.start_next_cycle():
+                return True
+            deadline = trio.current_time() + config.keep_alive_timeout
+
+    # --- Receiving the head ------------------------------------------------------------
+
+    async def _receive_head(self, idle_deadline: float, *, first: bool) -> RequestHead | None:
+        """The next request head, or None when the connection should close quietly.
+
+        ``idle_deadline`` bounds the wait for the first byte. Raises HTTPError for a
+        head that is refused (its status is counted here).
+        """
+        proto = self._proto
+        try:
+            head = proto.next_request()
+            if head is NEED_DATA:
+                if not proto.has_partial_request:
+                    if not await self._receive_first_bytes(idle_deadline):
+                        return None
+                    head = proto.next_request()
+                # The head deadline runs from accept for a first request (the idle
+                # deadline already is accept + header_timeout), and from the first
+                # byte for later ones. Progress never extends it (slowloris).
+                if first:
+                    head_deadline = idle_deadline
+                else:
+                    head_deadline = trio.current_time() + self._config.header_timeout
+                while head is NEED_DATA:
+                    with trio.CancelScope(deadline=head_deadline) as scope:
+                        data = await self._stream.receive_some(RECEIVE_SIZE)
+                    if scope.cancelled_caught:
+                        raise RequestTimeout("request head too slow")
+                    if not data:
+                        return None  # closed mid-head: nobody to answer
+                    proto.receive_data(data)
+                    head = proto.next_request()
+        except HTTPError as exc:
+            self._counters.count_refusal(exc.status_code)
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        assert isinstance(head, RequestHead)
+        return head
+
+    async def _receive_first_bytes(self, deadline: float) -> bool:
+        """Wait, idle, for the first bytes of a request. False: close quietly.
+
+        The wait is registered with the tracker, which cancels it to close this
+        connection (graceful shutdown, or room needed at ``max_connections``).
+        """
+        tracker = self._tracker
+        with trio.CancelScope(deadline=deadline) as scope:
+            tracker.enter_idle(scope)
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            finally:
+                tracker.leave_idle(scope)
+        if scope.cancelled_caught:
+            if trio.current_time() >= deadline:  # not evicted or shut down: idle too long
+                self._counters.keep_alive_timeouts += 1
+            return False
+        if not data:
+            return False
+        self._proto.receive_data(data)
+        return True
+
+    # --- One request/response exchange ---------------------------------------------------
+
+    async def _exchange(self, head: RequestHead, *, last: bool) -> bool:
+        """Run the handler and send its response. Returns whether to keep the
+        connection for another request."""
+        started = trio.current_time()
+        proto = self._proto
+        self._cycle += 1
+        self._body_waited = 0.0
+        request = Request(
+            method=head.method.decode("ascii"),
+            target=head.target.decode("latin-1"),
+            headers=Headers.from_raw(head.headers),
+            http_version=head.http_version,
+            client=self._client,
+            server=self._server,
+            scheme=self._scheme,
+            body=_Body(self, self._cycle),
+            shutdown_event=self._tracker.shutdown_event,
+        )
+        try:
+            response: object = await self._call_handler(request)
+        except _Abort:
+            raise
+        except BaseException as raised:
+            exc = _single_leaf(raised)
+            if isinstance(exc, HTTPError):
+                await self._send_error(exc.status_code)
+                self._log_access(request, exc.status_code, 0, started)
+                return False
+            if isinstance(exc, ClientDisconnected):
+                self._client_gone(request)
+                raise _Abort from None
+            if not isinstance(exc, Exception):
+                raise
+            self._counters.handler_errors += 1
+            error_logger.error(
+                "handler %r raised while serving %r",
+                self._handler,
+                request,
+                exc_info=exc,
+            )
+            await self._send_error(500)
+            self._log_access(request, 500, 0, started)
+            return False
+        if not isinstance(response, Response):
+            self._counters.handler_errors += 1
+            error_logger.error(
+                "handler %r returned %r, not a trioserve.Response",
+                self._handler,
+                response,
+            )
+            await self._send_error(500)
+            self._log_access(request, 500, 0, started)
+            return False
+
+        config = self._config
+        close = (
+            last
+            or self._peer_eof
+            or self._tracker.shutting_down
+            or proto.unread_body_forces_close(config.max_drain_size)
+        )
+        size = await self._send_response(request, response, close=close)
+        await self._stop_watcher()
+        self._cycle += 1  # the request's body can no longer be read by the handler
+        self._counters.requests_served += 1
+        self._counters.count_response(response.status)
+        self._log_access(request, response.status, size, started)
+        if close or self._peer_eof:
+            return False
+        if not proto.body_complete:
+            return await self._drain_body()
+        return True
+
+    async def _call_handler(self, request: Request) -> object:
+        """Run the handler in this task; cancelled if the client vanishes meanwhile."""
+        self._watcher_wanted = True
+        with trio.CancelScope() as scope:
+            self._handler_scope = scope
+            try:
+                awaitable = self._handler(request)
+                if isinstance(awaitable, Coroutine):
+                    return await _run_inline(awaitable, self._on_handler_suspend)
+                return await awaitable
+            finally:
+                self._handler_scope = None
+                self._watcher_wanted = False
+        # Only the watcher cancels this scope: the client is gone.
+        raise ClientDisconnected("client went away while the handler ran")
+
+    def _client_gone(self, request: Request) -> None:
+        self._counters.client_disconnects += 1
+        if _debug_enabled(logging.DEBUG):
+            error_logger.debug("client %s went away during %r", self._client, request)
+
+    # --- Watching for a vanished client while the handler runs -------------------------
+
+    def _on_handler_suspend(self) -> None:
+        # Called each time the handler yields to trio. Start the watcher once the body
+        # is complete: before that, the body reads themselves notice a vanished client.
+        if self._watcher_wanted and self._proto.body_complete and not self._peer_eof:
+            self._watcher_wanted = False
+            assert self._nursery is not None
+            self._watcher_scope = trio.CancelScope()
+            self._watcher_done = trio.Event()
+            self._nursery.start_soon(self._watch, self._watcher_scope, self._watcher_done)
+
+    async def _watch(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        proto = self._proto
+        limit = self._config.max_header_size
+        try:
+            with scope:
+                while proto.buffered_size < limit:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    # Pipelined requests: kept for after this response.
+                    proto.receive_data(data)
+                else:
+                    await trio.sleep_forever()  # enough buffered; the rest can wait
+                self._peer_gone()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._peer_gone()
+        finally:
+            done.set()
+
+    def _peer_gone(self) -> None:
+        self._peer_eof = True
+        # EOF behind pipelined requests is a half-close: they are still answered.
+        if self._handler_scope is not None and not self._proto.buffered_size:
+            self._handler_scope.cancel()
+
+    async def _stop_watcher(self) -> None:
+        scope, done = self._watcher_scope, self._watcher_done
+        if scope is not None and done is not None:
+            self._watcher_scope = self._watcher_done = None
+            scope.cancel()
+            await done.wait()
+
+    # --- The request body --------------------------------------------------------------
+
+    async def receive_body_chunk(self, cycle: int) -> bytes:
+        """The next piece of the request body of exchange ``cycle``; b"" at its end."""
+        if cycle != self._cycle:
+            raise RuntimeError("the request body can only be read while its handler runs")
+        proto = self._proto
+        counters = self._counters
+        while True:
+            try:
+                chunk = proto.next_body_chunk()
+            except HTTPError as exc:
+                counters.count_refusal(exc.status_code)
+                raise
+            if chunk is END:
+                return b""
+            if chunk is not NEED_DATA:
+                assert isinstance(chunk, bytes)
+                return chunk
+            if proto.they_are_waiting_for_100_continue:
+                counters.responses_1xx += 1
+                await self._send(proto.informational_continue())
+            await self._receive_body_bytes()
+
+    async def _receive_body_bytes(self) -> None:
+        """Read more body under the body deadlines (Config.body_timeout and rate).
+
+        Rate rule: after ``body_rate_grace`` seconds spent waiting for this body, the
+        body must have averaged ``body_min_rate`` bytes per second of waiting. Time
+        the handler spends between reads does not count against the client.
+        """
+        config = self._config
+        now = trio.current_time()
+        allowed = config.body_timeout
+        if config.body_min_rate > 0:
+            earned = max(config.body_rate_grace, self._proto.body_received / config.body_min_rate)
+            allowed = min(allowed, earned - self._body_waited)
+        try:
+            with trio.CancelScope(deadline=now + max(allowed, 0.0)) as scope:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._peer_eof = True
+            raise ClientDisconnected("connection lost mid-body") from exc
+        finally:
+            self._body_waited += trio.current_time() - now
+        if scope.cancelled_caught:
+            self._counters.body_timeouts += 1
+            raise RequestTimeout("request body too slow")
+        if not data:
+            self._peer_eof = True
+            raise ClientDisconnected("client closed the connection mid-body")
+        self._proto.receive_data(data)
+
+    async def _drain_body(self) -> bool:
+        """Read and discard the unread rest of a body, up to ``max_drain_size`` bytes.
+
+        True if it all came, so the connection can serve another request.
+        """
+        cycle = self._cycle
+        budget = self._config.max_drain_size
+        try:
+            while chunk := await self.receive_body_chunk(cycle):
+                budget -= len(chunk)
+                if budget < 0:
+                    return False
+        except (HTTPError, ClientDisconnected):
+            return False
+        return True
+
+    # --- Sending -------------------------------------------------------------------------
+
+    async def _send_response(self, request: Request, response: Response, *, close: bool) -> int:
+        """Send a whole response; returns the body bytes sent (for the access log)."""
+        proto = self._proto
+        body = response.body
+        if isinstance(body, bytes):
+            head, body_allowed = proto.start_response(
+                response.status, response.headers, len(body), close=close
+            )
+            if not body_allowed or not body:
+                await self._send(head + proto.end_response())
+                return 0
+            if len(body) <= WRITE_CHUNK:
+                await self._send(head + b"".join(proto.send_data(body)) + proto.end_response())
+            else:
+                await self._send(head)
+                for piece in proto.send_data(body):
+                    await self._send(piece)
+                await self._send(proto.end_response())
+            return len(body)
+        head, body_allowed = proto.start_response(
+            response.status, response.headers, None, close=close
+        )
+        await self._send(head)
+        if not body_allowed:
+            await _aclose_iterable(body)
+            await self._send(proto.end_response())
+            return 0
+        return await self._send_streamed(request, body)
+
+    async def _send_streamed(self, request: Request, body: AsyncIterable[bytes]) -> int:
+        proto = self._proto
+        sent = 0
+        try:
+            try:
+                async for chunk in body:
+                    if not isinstance(chunk, bytes):
+                        raise TypeError(
+                            f"a streamed body must yield bytes, not {type(chunk).__name__}"
+                        )
+                    if chunk:
+                        sent += len(chunk)
+                        for piece in proto.send_data(chunk):
+                            await self._send(piece)
+                await self._send(proto.end_response())
+            finally:
+                await _aclose_iterable(body)
+        except _Abort:
+            raise
+        except h11.LocalProtocolError as exc:
+            # The body ran long or ended short of its declared Content-Length.
+            self._handler_failed_mid_response(request, exc)
+            raise _Abort from None
+        except Exception as exc:
+            self._handler_failed_mid_response(request, exc)
+            raise _Abort from None
+        return sent
+
+    def _handler_failed_mid_response(self, request: Request, exc: Exception) -> None:
+        self._counters.handler_errors += 1
+        error_logger.error(
+            "response body of %r failed after the response started; aborting the connection",
+            request,
+            exc_info=exc,
+        )
+
+    async def _send(self, data: bytes) -> None:
+        """Write under the write deadline; a stuck or broken client aborts."""
+        timeout = self._config.write_timeout
+        try:
+            if len(data) <= WRITE_CHUNK:
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                    await self._stream.send_all(data)
+                if not scope.cancelled_caught:
+                    return
+            else:
+                view = memoryview(data)
+                for offset in range(0, len(view), WRITE_CHUNK):
+                    with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                        await self._stream.send_all(view[offset : offset + WRITE_CHUNK])
+                    if scope.cancelled_caught:
+                        break
+                else:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._proto.send_failed()
+            self._counters.client_disconnects += 1
+            if _debug_enabled(logging.DEBUG):
+                error_logger.debug("client %s went away while we wrote", self._client)
+            raise _Abort from None
+        self._proto.send_failed()
+        self._counters.write_timeouts += 1
+        if _debug_enabled(logging.DEBUG):
+            error_logger.debug("client %s stopped reading; aborting", self._client)
+        raise _Abort
+
+    async def _send_error(self, status: int) -> None:
+        """Send a complete error response with ``Connection: close``, if still possible."""
+        await self._stop_watcher()
+        proto = self._proto
+        if proto.can_send_error_response():
+            self._counters.count_response(status)
+            await self._send(proto.error_response(status))
+
+    async def _close_gracefully(self) -> None:
+        """Half-close, read what the client still sends for a moment, then close."""
+        stream = self._stream
+        try:
+            with trio.move_on_after(LINGER_SECONDS):
+                if isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                received = 0
+                while received < LINGER_BYTES and not self._peer_eof:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    received += len(data)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+        ):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _log_access(self, request: Request, status: int, size: int, started: float) -> None:
+        if access_logger.isEnabledFor(logging.INFO):
+            headers = request.headers
+            log_access(
+                request.client,
+                request.method,
+                request.target,
+                request.http_version,
+                status,
+                size,
+                headers.get("referer"),
+                headers.get("user-agent"),
+                trio.current_time() - started,
+            )
+
+
+class _Body:
+    """The body source of one request: valid only while its exchange runs."""
+
+    __slots__ = ("_connection", "_cycle")
+
+    def __init__(self, connection: HTTPConnection, cycle: int) -> None:
+        self._connection = connection
+        self._cycle = cycle
+
+    async def receive_body_chunk(self) -> bytes:
+        return await self._connection.receive_body_chunk(self._cycle)
+
+
+@types.coroutine
+def _run_inline(
+    coro: Coroutine[object, object, T], on_suspend: Callable[[], None]
+) -> Generator[object, object, T]:
+    """Await ``coro``, calling ``on_suspend()`` each time it yields to trio.
+
+    This is exactly ``await coro`` (every value and exception passes through
+    unchanged, so cancellation and trio's checkpoints work as usual), plus a hook
+    that lets the connection start its disconnect watcher only for handlers that
+    actually wait: a handler that returns without suspending costs no extra task.
+    """
+    to_send: object = None
+    to_throw: BaseException | None = None
+    while True:
+        try:
+            if to_throw is None:
+                yielded = coro.send(to_send)
+            else:
+                yielded, to_throw = coro.throw(to_throw), None
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        on_suspend()
+        try:
+            to_send = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            to_throw = exc
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:
+    aclose: Callable[[], Awaitable[object]] | None = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()

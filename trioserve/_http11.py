@@ -1,0 +1,454 @@
+"""The HTTP/1.1 protocol engine: h11 plus the strict checks h11 leaves to us.
+
+Rules for this module:
+1. It is the only server module that imports h11, and it never awaits: bytes go in,
+   request heads and body pieces come out; responses go in, bytes come out.
+2. Where RFC 9112 allows a lenient and a strict reading, it takes the strict one that
+   leaves no room for request smuggling or desync, even where h11 is lenient. h11
+   merges repeated Content-Length fields and unfolds obs-fold lines before we see the
+   parsed head, so those checks look at the raw head bytes (see ``_check_raw_head``).
+3. Every refusal is an ``HTTPError`` subclass that knows its status; the connection
+   answers it and closes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from typing import Final
+
+import h11
+
+from ._config import Config
+from ._errors import (
+    BadRequest,
+    ContentTooLarge,
+    HeaderFieldsTooLarge,
+    HTTPError,
+    HTTPVersionNotSupported,
+    URITooLong,
+)
+from ._response import reason_phrase
+
+__all__ = ["END", "NEED_DATA", "HTTP11Protocol", "RequestHead"]
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+END: Final = _Sentinel("END")
+
+_INFORMATIONAL_100: Final = h11.InformationalResponse(
+    status_code=100, headers=[], reason=b"Continue"
+)
+_END_OF_MESSAGE: Final = h11.EndOfMessage()
+
+# A line break followed by whitespace (obs-fold, RFC 9112 5.2) or by a Content-Length
+# field name (RFC 9112 6.3: we refuse even repeated identical values).
+_RAW_HEAD_RE: Final = re.compile(rb"\n(?:([ \t])|content-length[ \t]*:)", re.IGNORECASE)
+# The end of a head, as h11 finds it (it accepts bare LF line ends).
+_END_OF_HEAD_RE: Final = re.compile(rb"\n\r?\n")
+
+
+class RequestHead:
+    """A request line and headers that passed every check."""
+
+    __slots__ = ("headers", "http_version", "method", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+
+
+class _DateCache:
+    """The ``Date`` header value (RFC 9110 6.6.1), formatted once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+            self._second = now
+        return self._value
+
+
+_date_cache: Final = _DateCache()
+
+
+class HTTP11Protocol:
+    """One connection's protocol state: an ``h11.Connection`` and our own checks.
+
+    Receiving: :meth:`receive_data` feeds bytes; :meth:`next_request` returns a
+    :class:`RequestHead` or ``NEED_DATA``; :meth:`next_body_chunk` returns body bytes,
+    ``NEED_DATA`` or ``END``. Sending: :meth:`start_response`, :meth:`send_data`,
+    :meth:`end_response` and :meth:`error_response` return the bytes to write.
+    """
+
+    __slots__ = (
+        "_body_received",
+        "_conn",
+        "_declared_length",
+        "_head_buf",
+        "_http10_keep_alive",
+        "_max_body_size",
+        "_max_header_count",
+        "_max_header_size",
+        "_max_target_length",
+        "_method",
+        "_server_header",
+    )
+
+    def __init__(self, config: Config) -> None:
+        self._max_header_size = _as_int(config.max_header_size)
+        self._max_target_length = config.max_target_length
+        self._max_header_count = config.max_header_count
+        self._max_body_size = config.max_body_size
+        self._server_header = (
+            config.server_header.encode("ascii") if config.server_header is not None else None
+        )
+        self._conn = self._new_h11()
+        # Bytes of the request head being received (None once it has been parsed).
+        self._head_buf: bytearray | None = bytearray()
+        self._method = b""
+        self._declared_length: int | None = None
+        self._body_received = 0
+        self._http10_keep_alive = False
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_size)
+
+    # --- Receiving -------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes received from the client (``b""`` for EOF)."""
+        self._conn.receive_data(bytes(data) if type(data) is not bytes else data)
+        if self._head_buf is not None:
+            self._head_buf += data
+
+    @property
+    def has_partial_request(self) -> bool:
+        """Whether any byte of the next request has arrived (the idle phase is over)."""
+        return bool(self._head_buf)
+
+    @property
+    def buffered_size(self) -> int:
+        """How many received bytes wait unprocessed (pipelined requests)."""
+        return len(self._head_buf) if self._head_buf is not None else 0
+
+    def next_request(self) -> RequestHead | _Sentinel:
+        """Parse the next request head, or return ``NEED_DATA``.
+
+        Raises:
+            HTTPError: the head is malformed (400), too large (414, 431), frames its
+                body ambiguously (400), or is not HTTP/1.x (505).
+        """
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise self._protocol_error(exc) from exc
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        if type(event) is not h11.Request:
+            # EOF between requests is handled by the connection before asking, so the
+            # only other event here is ConnectionClosed after an EOF mid-head.
+            raise BadRequest("connection closed in the middle of a request head")
+        head_buf = self._head_buf
+        self._head_buf = None
+        return self._check_head(event, head_buf)
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> HTTPError:
+        status = exc.error_status_hint
+        if status == 431 and self._request_line_too_long():
+            return URITooLong("request line too long")
+        if status == 431:
+            return HeaderFieldsTooLarge(str(exc))
+        if status == 400:
+            return BadRequest(str(exc))
+        return HTTPError(str(exc), status_code=status)
+
+    def _request_line_too_long(self) -> bool:
+        buf = self._head_buf
+        return buf is not None and b"\n" not in buf[: int(self._max_target_length) + 64]
+
+    def _check_head(self, event: h11.Request, head_buf: bytearray | None) -> RequestHead:
+        # Step 1: only HTTP/1.x is spoken here (the HTTP/2 preface "PRI * HTTP/2.0"
+        # parses as a request line and ends here too). RFC 9110 15.6.6.
+        version = event.http_version
+        if not version.startswith(b"1."):
+            raise HTTPVersionNotSupported(f"HTTP/{version.decode('ascii')} not supported")
+        http_version = "1.0" if version == b"1.0" else "1.1"
+        if len(event.target) > self._max_target_length:
+            raise URITooLong("request target too long")
+        pairs = list(event.headers)
+        if len(pairs) > self._max_header_count:
+            raise HeaderFieldsTooLarge("too many header fields")
+        # Step 2: framing must be unambiguous (RFC 9112 6.1, 6.3): never both
+        # Content-Length and Transfer-Encoding, never Transfer-Encoding on HTTP/1.0,
+        # never more than one Host (RFC 9112 3.2).
+        has_length = has_te = False
+        hosts = 0
+        connection_tokens = b""
+        for name, value in pairs:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                connection_tokens += b"," + value.lower()
+        if has_length and has_te:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if has_te and http_version == "1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if hosts > 1:
+            raise BadRequest("more than one Host header field")
+        # Step 3: what h11 smoothed over in the raw bytes: obs-fold and repeated
+        # Content-Length fields.
+        if head_buf is not None:
+            _check_raw_head(head_buf)
+        # Step 4: a declared body over the limit is refused before any of it is read
+        # and before any 100 Continue.
+        self._method = event.method
+        self._body_received = 0
+        self._declared_length = None
+        if has_length:
+            declared = _content_length(pairs)
+            if declared > self._max_body_size:
+                raise ContentTooLarge("declared body too large")
+            self._declared_length = declared
+        # h11 keeps HTTP/1.1 connections alive unless told otherwise; HTTP/1.0 ones we
+        # keep alive ourselves when asked to (see start_next_cycle).
+        self._http10_keep_alive = (
+            http_version == "1.0"
+            and _has_token(connection_tokens, b"keep-alive")
+            and not _has_token(connection_tokens, b"close")
+        )
+        return RequestHead(event.method, event.target, pairs, http_version)
+
+    def next_body_chunk(self) -> bytes | _Sentinel:
+        """Return the next piece of request body, ``NEED_DATA``, or ``END``.
+
+        Raises:
+            BadRequest: the body is malformed, or the client closed mid-body.
+            ContentTooLarge: a chunked body crossed ``Config.max_body_size``.
+        """
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(str(exc)) from exc
+        event_type = type(event)
+        if event_type is h11.Data:
+            data = bytes(event.data)  # type: ignore[union-attr]  # narrowed by event_type
+            self._body_received += len(data)
+            if self._body_received > self._max_body_size:
+                raise ContentTooLarge("body too large")
+            return data
+        if event_type is h11.EndOfMessage:
+            return END
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        # PAUSED cannot happen before EndOfMessage; ConnectionClosed means EOF mid-body.
+        raise BadRequest("connection closed in the middle of a request body")
+
+    @property
+    def body_complete(self) -> bool:
+        """Whether the whole request body has been received (or there was none)."""
+        return self._conn.their_state is not h11.SEND_BODY
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        return self._conn.they_are_waiting_for_100_continue
+
+    def unread_body_forces_close(self, max_drain_size: float) -> bool:
+        """Whether the unread rest of the body is too much to drain after responding.
+
+        True when the client still waits for ``100 Continue`` (it may or may not send
+        the body: RFC 9110 10.1.1), or when more than ``max_drain_size`` bytes of a
+        declared length are left. (A chunked body's size is unknown: the drain after
+        the response stops at ``max_drain_size`` and closes then.)
+        """
+        if self._conn.their_state is not h11.SEND_BODY:
+            return False
+        if self._conn.they_are_waiting_for_100_continue:
+            return True
+        if self._declared_length is None:
+            return False
+        return self._declared_length - self._body_received > max_drain_size
+
+    @property
+    def body_received(self) -> int:
+        """Bytes of the current request's body received so far."""
+        return self._body_received
+
+    # --- Sending ---------------------------------------------------------------------
+
+    def informational_continue(self) -> bytes:
+        """The bytes of ``100 Continue`` (RFC 9110 15.2.1)."""
+        return self._conn.send(_INFORMATIONAL_100) or b""
+
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        *,
+        close: bool,
+    ) -> tuple[bytes, bool]:
+        """Return the bytes of a response head, and whether a body may follow.
+
+        ``content_length`` is the body's length when known; ``None`` streams it
+        (chunked on HTTP/1.1, close-delimited on HTTP/1.0). The framing headers are
+        ours: a ``transfer-encoding`` from the handler is dropped, a
+        ``content-length`` is replaced by the known length. HEAD responses carry the
+        GET headers and no body; 1xx, 204 and 304 never carry a body or a
+        ``content-length`` (RFC 9110 6.4.1, 8.6).
+        """
+        out: list[tuple[bytes, bytes]] = []
+        has_date = has_server = False
+        user_length: bytes | None = None
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                user_length = value
+                continue
+            if lowered == b"transfer-encoding":
+                continue
+            if lowered == b"date":
+                has_date = True
+            elif lowered == b"server":
+                has_server = True
+            elif lowered == b"connection" and _has_token(value.lower(), b"close"):
+                close = True
+            out.append((name, value))
+        if not has_date:
+            out.append((b"date", _date_cache.get()))
+        if not has_server and self._server_header is not None:
+            out.append((b"server", self._server_header))
+        body_allowed = status not in (204, 304) and self._method != b"HEAD"
+        if status not in (204, 304):
+            if content_length is not None:
+                out.append((b"content-length", b"%d" % content_length))
+            elif user_length is not None:
+                out.append((b"content-length", user_length))
+        keep_http10 = self._http10_keep_alive and not close
+        if keep_http10 and content_length is None and user_length is None:
+            keep_http10 = False  # a close-delimited body ends the connection
+        self._http10_keep_alive = keep_http10
+        if close:
+            out.append((b"connection", b"close"))
+        event = h11.Response(status_code=status, headers=out, reason=reason_phrase(status))
+        head = self._conn.send(event) or b""
+        if keep_http10:
+            head = _http10_keep_alive_head(head)
+        return head, body_allowed
+
+    def send_data(self, data: bytes) -> list[bytes]:
+        """Frame a piece of response body (raises ``h11.LocalProtocolError`` on overrun)."""
+        return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
+
+    def end_response(self) -> bytes:
+        """Frame the end of the response body (raises on a short Content-Length body)."""
+        return self._conn.send(_END_OF_MESSAGE) or b""
+
+    def can_send_error_response(self) -> bool:
+        return self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    def error_response(self, status: int) -> bytes:
+        """The bytes of a complete error response with ``Connection: close``.
+
+        The body is the reason phrase only: error pages never carry exception text.
+        """
+        body = reason_phrase(status) + b"\n"
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        head, body_allowed = self.start_response(status, headers, len(body), close=True)
+        if body_allowed:
+            head += b"".join(self.send_data(body))
+        return head + self.end_response()
+
+    def send_failed(self) -> None:
+        """Tell h11 a write failed, so nothing more is sent on this connection."""
+        self._conn.send_failed()
+
+    # --- Between requests ------------------------------------------------------------
+
+    def start_next_cycle(self) -> bool:
+        """Get ready for the next request on this connection, if it can be kept alive."""
+        conn = self._conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._head_buf = bytearray(conn.trailing_data[0])
+            self._method = b""
+            return True
+        if self._http10_keep_alive and conn.our_state is h11.MUST_CLOSE:
+            # h11 never keeps HTTP/1.0 connections alive; we do when the client asked
+            # (Connection: keep-alive) and the response had a length. A fresh h11
+            # state machine takes over what was received after the request.
+            leftover, closed = conn.trailing_data
+            if closed:
+                return False
+            self._conn = self._new_h11()
+            self._head_buf = bytearray()
+            self._method = b""
+            self.receive_data(leftover)
+            return True
+        return False
+
+
+def _check_raw_head(buf: bytearray) -> None:
+    end = _END_OF_HEAD_RE.search(buf)
+    head = buf if end is None else memoryview(buf)[: end.end()]
+    lengths = 0
+    for match in _RAW_HEAD_RE.finditer(head):
+        if match.group(1) is not None:
+            raise BadRequest("obsolete line folding in a header (RFC 9112 5.2)")
+        lengths += 1
+    if lengths > 1:
+        raise BadRequest("more than one Content-Length field (RFC 9112 6.3)")
+
+
+def _content_length(pairs: list[tuple[bytes, bytes]]) -> int:
+    for name, value in pairs:
+        if name == b"content-length":
+            return int(value)
+    raise AssertionError("no content-length")
+
+
+def _has_token(tokens: bytes, token: bytes) -> bool:
+    return any(part.strip() == token for part in tokens.split(b","))
+
+
+# h11 always ends the head with this field when it will close the connection.
+_H11_CLOSE_TRAILER: Final = b"Connection: close\r\n\r\n"
+
+
+def _http10_keep_alive_head(head: bytes) -> bytes:
+    if head.endswith(_H11_CLOSE_TRAILER):
+        return head[: -len(_H11_CLOSE_TRAILER)] + b"Connection: keep-alive\r\n\r\n"
+    return head
+
+
+def _as_int(value: float) -> int:
+    return int(value) if value != float("inf") else 2**62

@@ -1,0 +1,200 @@
+"""Request: what a handler sees of one HTTP request.
+
+Rules for this module:
+1. A Request never touches a stream: its body comes from a ``BodySource`` that the
+   connection hands in, so the request reads from the socket only as fast as the
+   handler consumes (backpressure).
+2. Everything derived from the target (path, query) is computed on first use: the hot
+   path pays only for what the handler asks for.
+3. This module imports only value modules (``_headers``, ``_errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+from urllib.parse import parse_qs, unquote
+
+import trio
+
+from ._headers import Headers
+
+__all__ = ["BodySource", "Request"]
+
+
+class BodySource(Protocol):
+    """Where a request's body comes from (the connection implements it)."""
+
+    async def receive_body_chunk(self) -> bytes:
+        """The next piece of body; ``b""`` once the body is complete.
+
+        Raises:
+            trioserve.HTTPError: the body is too large (413) or too slow (408).
+            trioserve.ClientDisconnected: the client went away mid-body.
+        """
+        ...
+
+
+class _BytesBody:
+    """A body that is already in memory (requests built by hand, e.g. in tests)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def receive_body_chunk(self) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+class Request:
+    """One HTTP request, as a handler sees it.
+
+    Attributes:
+        method: ``"GET"``, ``"POST"``, ... (``str``, as sent).
+        target: the request target as sent (``str``), for example ``"/a%20b?x=1"``.
+        raw_path: the path part of the target, still percent-encoded (``bytes``).
+        path: ``raw_path`` percent-decoded (``str``), without the query, and without
+            scheme and authority for absolute-form targets (``GET http://h/p``).
+        query_string: the part of the target after ``?`` (``bytes``).
+        query: ``query_string`` parsed, ``{name: [values, ...]}``.
+        headers: :class:`trioserve.Headers`, case-insensitive and multi-valued.
+        http_version: ``"1.0"`` or ``"1.1"``.
+        client: the peer's ``(host, port)``, or ``None`` when unknown.
+        server: our ``(host, port)``, or ``None`` when unknown.
+        scheme: ``"http"`` or ``"https"``.
+
+    The body is read with ``await request.body()`` (all of it, bounded by
+    ``Config.max_body_size``) or ``async for chunk in request.stream()``; either can be
+    used once. Reading raises :class:`trioserve.HTTPError` (413, 408) or
+    :class:`trioserve.ClientDisconnected`, which handlers normally let propagate.
+    """
+
+    __slots__ = (
+        "_body_consumed",
+        "_path",
+        "_query",
+        "_shutdown",
+        "_source",
+        "client",
+        "headers",
+        "http_version",
+        "method",
+        "query_string",
+        "raw_path",
+        "scheme",
+        "server",
+        "target",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        target: str,
+        headers: Headers | None = None,
+        http_version: str = "1.1",
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        scheme: str = "http",
+        body: bytes | BodySource = b"",
+        shutdown_event: trio.Event | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers if headers is not None else Headers()
+        self.http_version = http_version
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self._source: BodySource = _BytesBody(body) if isinstance(body, bytes) else body
+        self._shutdown = shutdown_event
+        self._body_consumed = False
+        self._path: str | None = None
+        self._query: dict[str, list[str]] | None = None
+        self.raw_path, self.query_string = _split_target(target)
+
+    @property
+    def path(self) -> str:
+        path = self._path
+        if path is None:
+            path = self._path = unquote(self.raw_path.decode("latin-1"))
+        return path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        query = self._query
+        if query is None:
+            query = self._query = parse_qs(
+                self.query_string.decode("latin-1"), keep_blank_values=True
+            )
+        return query
+
+    @property
+    def server_shutting_down(self) -> bool:
+        """True once the server has begun a graceful shutdown."""
+        return self._shutdown is not None and self._shutdown.is_set()
+
+    async def wait_server_shutdown(self) -> None:
+        """Return once the server begins a graceful shutdown (never, if it does not).
+
+        Long-poll and streaming handlers can race this against their own work to
+        finish early instead of being cut off at ``Config.shutdown_timeout``.
+        """
+        if self._shutdown is None:
+            await trio.sleep_forever()
+        else:
+            await self._shutdown.wait()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Yield the body piece by piece as it arrives; a piece is never empty.
+
+        The server reads from the client only when the next piece is asked for, and
+        sends ``100 Continue`` (to a client that expects it) on the first ask.
+
+        Raises:
+            RuntimeError: the body was already consumed.
+            trioserve.HTTPError: too large (413) or too slow (408).
+            trioserve.ClientDisconnected: the client went away.
+        """
+        self._claim_body()
+        receive = self._source.receive_body_chunk
+        while chunk := await receive():
+            yield chunk
+
+    async def body(self) -> bytes:
+        """Read and return the whole body (see :meth:`stream` for what it raises)."""
+        self._claim_body()
+        receive = self._source.receive_body_chunk
+        first = await receive()
+        if not first:
+            return b""
+        chunks = [first]
+        while chunk := await receive():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _claim_body(self) -> None:
+        if self._body_consumed:
+            raise RuntimeError("the request body can be read only once")
+        self._body_consumed = True
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.http_version}>"
+
+
+def _split_target(target: str) -> tuple[bytes, bytes]:
+    """Split a request target into (raw path, query string), RFC 9112 3.2.
+
+    origin-form ``/p?q`` and asterisk-form ``*`` keep their path; absolute-form
+    ``http://host/p?q`` loses scheme and authority (3.2.2); authority-form
+    ``host:port`` (CONNECT) has the whole target as its path.
+    """
+    raw = target.encode("latin-1")
+    path, sep, query = raw.partition(b"?")
+    if not path.startswith(b"/") and b"://" in path:
+        authority_and_path = path.split(b"://", 1)[1]
+        slash = authority_and_path.find(b"/")
+        path = authority_and_path[slash:] if slash >= 0 else b"/"
+    return path, query if sep else b""

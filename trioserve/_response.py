@@ -1,0 +1,89 @@
+"""Response: what a handler returns.
+
+Rules for this module:
+1. A Response is a value: status, header pairs and a body. It does no I/O and knows
+   nothing of framing; the connection chooses Content-Length, chunked or
+   close-delimited framing from it (RFC 9112 6).
+2. This module imports nothing from the rest of trioserve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Iterable
+from http import HTTPStatus
+
+__all__ = ["Response"]
+
+Body = bytes | str | AsyncIterable[bytes]
+
+
+class Response:
+    """One HTTP response.
+
+    Args:
+        status: the status code, 200 to 999 (1xx interim responses are the server's).
+        headers: ``(name, value)`` pairs, ``str`` or ``bytes``. ``Date``, ``Server``
+            and the framing headers are added by the server; an explicit
+            ``content-length`` with an async-iterable body is honoured and enforced
+            (a body that ends short or runs long aborts the connection).
+        body: ``bytes``; ``str`` (sent as UTF-8); or an async iterable of ``bytes``,
+            streamed as it is produced (chunked on HTTP/1.1, close-delimited on
+            HTTP/1.0, unless a ``content-length`` is given).
+
+    Example::
+
+        Response(200, headers=[("content-type", "text/plain")], body="hello")
+
+    Raises:
+        ValueError: the status is out of range.
+        TypeError: the body or a header has the wrong type.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | AsyncIterable[bytes]
+
+    def __init__(
+        self,
+        status: int = 200,
+        *,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+        body: Body = b"",
+    ) -> None:
+        if type(status) is not int:
+            raise TypeError(f"status must be an int, not {type(status).__name__}")
+        if not 200 <= status <= 999:
+            raise ValueError(f"status must be from 200 to 999, not {status}")
+        self.status = status
+        self.headers = [(_header_bytes(name), _header_bytes(value)) for name, value in headers]
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        elif not isinstance(body, (bytes, AsyncIterable)):
+            raise TypeError(
+                f"body must be bytes, str or an async iterable of bytes, not {type(body).__name__}"
+            )
+        self.body = body
+
+    def __repr__(self) -> str:
+        kind = f"{len(self.body)} bytes" if isinstance(self.body, bytes) else "streamed"
+        return f"<Response {self.status} ({kind})>"
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of ``status`` (RFC 9110 15), or ``b""``."""
+    return _REASONS.get(status, b"")
+
+
+_REASONS = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def _header_bytes(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    raise TypeError(f"header names and values must be str or bytes, not {type(value).__name__}")

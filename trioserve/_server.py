@@ -1,0 +1,282 @@
+"""serve() and Server: listeners, the connection nursery, limits on accept, shutdown.
+
+Rules for this module:
+1. Every connection task lives in the server's one connection nursery; accept loops
+   live in a nursery inside it, so closing the listeners never touches connections.
+2. Accepting drains the listening socket's backlog on each readiness (bounded per
+   pass) instead of taking one connection per scheduler pass as ``trio.serve_tcp``
+   does: a burst of 1000 connections otherwise waits seconds for the last accept.
+3. Graceful shutdown is an event: it wakes the accept loops and every idle connection
+   at once, then puts a deadline on the connection nursery. Nothing polls.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as stdlib_socket
+from collections.abc import Sequence
+from typing import Final
+
+import trio
+
+from ._config import Config
+from ._connection import Handler, HTTPConnection
+from ._stats import ServerStatistics
+from ._tracker import ConnectionTracker
+
+__all__ = ["Server", "serve"]
+
+error_logger = logging.getLogger("trioserve.error")
+
+#: Connections taken from the backlog per readiness before yielding to the scheduler.
+ACCEPT_BATCH: Final = 64
+#: Out of file descriptors or memory: wait this long before accepting again (as trio).
+ACCEPT_BACKOFF: Final = 0.1
+_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Server:
+    """An HTTP/1.1 server: a handler, a :class:`Config`, and the connections it serves.
+
+    Most programs call :func:`serve`, which builds one. Build a Server yourself to
+    serve listeners you opened, or to serve single streams (any ``trio.abc.Stream``,
+    memory streams included) with :meth:`serve_connection`.
+
+    Args:
+        handler: ``async def handler(request: Request) -> Response``.
+        config: deadlines and limits; ``Config()`` when omitted.
+    """
+
+    def __init__(self, handler: Handler, config: Config | None = None) -> None:
+        self.handler = handler
+        self.config = config if config is not None else Config()
+        self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        self._tracker = ConnectionTracker()
+        self._finished = trio.Event()
+
+    @property
+    def ports(self) -> list[int]:
+        """The TCP ports the server listens on (one per listener that has a port)."""
+        ports = []
+        for listener in self.listeners:
+            sock = getattr(listener, "socket", None)
+            if sock is not None and sock.family in (
+                stdlib_socket.AF_INET,
+                stdlib_socket.AF_INET6,
+            ):
+                ports.append(sock.getsockname()[1])
+        return ports
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the counters: connections, responses and each kind of error."""
+        return self._tracker.counters.snapshot(connections_idle=self._tracker.idle_count)
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once graceful shutdown has begun."""
+        return self._tracker.shutting_down
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve connections from ``listeners`` until shut down or cancelled.
+
+        Calls ``task_status.started(self)`` once accepting, so
+        ``server = await nursery.start(server.serve_listeners, listeners)`` works.
+
+        Resource handling: the listeners are closed when this returns. A graceful
+        :meth:`shutdown` closes them at once, lets requests in flight finish within
+        ``Config.shutdown_timeout`` and then returns; cancelling the surrounding scope
+        is the hard stop that closes everything now.
+        """
+        self.listeners = list(listeners)
+        tracker = self._tracker
+        try:
+            async with trio.open_nursery() as connections:
+                try:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in self.listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections)
+                        task_status.started(self)
+                        await tracker.shutdown_event.wait()
+                        acceptors.cancel_scope.cancel()
+                finally:
+                    for listener in self.listeners:
+                        await trio.aclose_forcefully(listener)
+                # Graceful shutdown: idle connections were woken and close; requests in
+                # flight get until the deadline, then are cancelled.
+                connections.cancel_scope.deadline = (
+                    trio.current_time() + self.config.shutdown_timeout
+                )
+        finally:
+            self._finished.set()
+
+    async def serve_connection(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        scheme: str = "http",
+    ) -> None:
+        """Serve HTTP/1.1 on one stream until the connection ends, then close it.
+
+        Works with any ``trio.abc.Stream``: a socket, a TLS stream, or one end of
+        ``trio.testing.memory_stream_pair()`` for tests. Addresses are taken from the
+        socket when the stream has one, or from ``client`` and ``server``.
+
+        Error handling: never raises for anything the client does.
+        """
+        if client is None and server is None:
+            client, server = _addresses(stream)
+        if scheme == "http" and isinstance(stream, trio.SSLStream):
+            scheme = "https"
+        connection = HTTPConnection(
+            stream,
+            self.handler,
+            self.config,
+            self._tracker,
+            client=client,
+            server=server,
+            scheme=scheme,
+        )
+        await connection.serve()
+
+    async def shutdown(self) -> None:
+        """Shut down gracefully and return once every connection task has finished.
+
+        Listeners close at once; idle connections close; requests in flight finish
+        (their responses say ``Connection: close``) or are cancelled after
+        ``Config.shutdown_timeout``. Idempotent, and callable from any task.
+        """
+        self._tracker.begin_shutdown()
+        if self.listeners:
+            await self._finished.wait()
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], connections: trio.Nursery
+    ) -> None:
+        sock = getattr(listener, "socket", None)
+        if isinstance(listener, trio.SocketListener) and sock is not None:
+            await self._accept_from_socket(listener, connections)
+            return
+        while True:
+            await self._wait_for_room()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                await _accept_failed(exc)
+                continue
+            connections.start_soon(self.serve_connection, stream)
+
+    async def _accept_from_socket(
+        self, listener: trio.SocketListener, connections: trio.Nursery
+    ) -> None:
+        """Drain the backlog on each readiness, up to ACCEPT_BATCH per pass."""
+        # A duplicate of the listening descriptor, so accept() can run synchronously in
+        # a loop; it shares the kernel socket (and its non-blocking flag).
+        raw = stdlib_socket.socket(fileno=listener.socket.dup().detach())
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                for _ in range(ACCEPT_BATCH):
+                    if not await self._has_room():
+                        break
+                    try:
+                        accepted, _ = raw.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        await _accept_failed(exc)
+                        break
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+                    connections.start_soon(self.serve_connection, stream)
+                await trio.lowlevel.checkpoint()
+        finally:
+            raw.close()
+
+    async def _has_room(self) -> bool:
+        """Make room under ``max_connections``; True at once in the common case."""
+        tracker = self._tracker
+        if tracker.counters.connections_open < self.config.max_connections:
+            return True
+        await self._wait_for_room()
+        return True
+
+    async def _wait_for_room(self) -> None:
+        tracker = self._tracker
+        limit = self.config.max_connections
+        while tracker.counters.connections_open >= limit:
+            # Close the longest-idle connection, or wait until one is idle or closes:
+            # the kernel backlog holds new clients meanwhile (backpressure).
+            tracker.evict_oldest_idle()
+            await tracker.wait_changed()
+
+
+async def _accept_failed(exc: OSError) -> None:
+    if exc.errno in _RESOURCE_ERRORS:
+        error_logger.error(
+            "accept failed (%s); sleeping %.1f s",
+            errno.errorcode[exc.errno],
+            ACCEPT_BACKOFF,
+        )
+        await trio.sleep(ACCEPT_BACKOFF)
+    elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+        raise exc
+
+
+def _addresses(
+    stream: trio.abc.Stream,
+) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None, None
+    sock = stream.socket
+    if sock.family not in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
+        return None, None
+    try:
+        peer = sock.getpeername()
+        local = sock.getsockname()
+    except OSError:
+        return None, None
+    return (peer[0], peer[1]), (local[0], local[1])
+
+
+async def serve(
+    handler: Handler,
+    port: int = 8000,
+    *,
+    host: str | None = None,
+    config: Config | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``port`` and serve ``handler`` until cancelled or shut down.
+
+    Args:
+        handler: ``async def handler(request: Request) -> Response``.
+        port: the TCP port; ``0`` picks a free one (see ``Server.ports``).
+        host: the address to bind; ``None`` binds every interface, IPv4 and IPv6
+            where the system has both.
+        config: deadlines and limits; ``Config()`` when omitted.
+        task_status: reports the :class:`Server` once listening, so that
+            ``server = await nursery.start(trioserve.serve, handler, 0)`` works.
+
+    Example::
+
+        async def handler(request):
+            return trioserve.Response(200, body="hello")
+
+        trio.run(trioserve.serve, handler, 8000)
+
+    Raises:
+        OSError: the port cannot be bound (in use, or permission denied).
+    """
+    config = config if config is not None else Config()
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+    server = Server(handler, config)
+    await server.serve_listeners(listeners, task_status=task_status)
