@@ -16,7 +16,9 @@ from ._errors import URITooLong as URITooLong
 from ._headers import Headers as Headers
 from ._request import Request as Request
 from ._response import Response as Response
+from ._run import run as run
 from ._server import Server as Server
+from ._server import StartupError as StartupError
 from ._server import serve as serve
 from ._stats import ServerStatistics as ServerStatistics
 from ._version import __version__ as __version__

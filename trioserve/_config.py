@@ -126,10 +126,6 @@ class Config:
     #: Value of the ``Server`` header on every response; ``None`` leaves it out.
     server_header: str | None = "trioserve"
 
-    #: The path prefix the application is mounted under (ASGI ``root_path``, WSGI
-    #: ``SCRIPT_NAME``), for running behind a proxy that strips it.
-    root_path: str = ""
-
     def __post_init__(self) -> None:
         for name in _SECONDS:
             _check_number(name, getattr(self, name), allow_zero=False)
@@ -150,12 +146,6 @@ class Config:
                 raise TypeError("server_header must be a str or None")
             if not self.server_header.isprintable() or not self.server_header.isascii():
                 raise ValueError("server_header must be printable ASCII")
-        if not isinstance(self.root_path, str):
-            raise TypeError("root_path must be a str")
-        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
-            raise ValueError(
-                f"root_path must start with '/' and not end with one, not {self.root_path!r}"
-            )
 
     def replace(self, **changes: float | str | None) -> Config:
         """Return a copy with the given fields changed (and validated again)."""

@@ -84,6 +84,7 @@ class HTTPConnection:
         "_client",
         "_config",
         "_counters",
+        "_current",
         "_cycle",
         "_handler",
         "_handler_scope",
@@ -120,6 +121,7 @@ class HTTPConnection:
         self._scheme = scheme
         self._proto = HTTP11Protocol(config)
         self._cycle = 0
+        self._current: _Exchange | None = None
         self._peer_eof = False
         self._body_waited = 0.0
         self._handler_scope: trio.CancelScope | None = None
@@ -137,17 +139,27 @@ class HTTPConnection:
         """
         tracker = self._tracker
         tracker.connection_opened()
-        graceful = False
+        graceful = aborted = finished = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     graceful = await self._serve_requests()
+                except _Abort:
+                    aborted = True
+                except Exception:
+                    # A bug of ours must cost one connection, never the server.
+                    aborted = True
+                    error_logger.exception("internal error serving %s", self._client)
                 finally:
                     nursery.cancel_scope.cancel()
-        except _Abort:
-            self._counters.connections_aborted += 1
+            finished = True
+            if aborted:
+                self._counters.connections_aborted += 1
         finally:
+            if not finished and tracker.shutting_down:
+                # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
+                self._counters.shutdown_cutoffs += 1
             tracker.connection_closed()
             if graceful:
                 await self._close_gracefully()
@@ -243,10 +255,9 @@ class HTTPConnection:
     async def _exchange(self, head: RequestHead, *, last: bool) -> bool:
         """Run the handler and send its response. Returns whether to keep the
         connection for another request."""
-        started = trio.current_time()
-        proto = self._proto
         self._cycle += 1
         self._body_waited = 0.0
+        exchange = self._current = _Exchange(self, self._cycle)
         request = Request(
             method=head.method.decode("ascii"),
             target=head.target.decode("latin-1"),
@@ -255,9 +266,18 @@ class HTTPConnection:
             client=self._client,
             server=self._server,
             scheme=self._scheme,
-            body=_Body(self, self._cycle),
+            body=exchange,
             shutdown_event=self._tracker.shutdown_event,
         )
+        try:
+            return await self._respond(request, last=last)
+        finally:
+            self._cycle += 1  # the request's body can no longer be read
+            self._current = None
+            exchange.end()
+
+    async def _respond(self, request: Request, *, last: bool) -> bool:
+        started = trio.current_time()
         try:
             response: object = await self._call_handler(request)
         except _Abort:
@@ -275,10 +295,7 @@ class HTTPConnection:
                 raise
             self._counters.handler_errors += 1
             error_logger.error(
-                "handler %r raised while serving %r",
-                self._handler,
-                request,
-                exc_info=exc,
+                "handler %r raised while serving %r", self._handler, request, exc_info=exc
             )
             await self._send_error(500)
             self._log_access(request, 500, 0, started)
@@ -286,24 +303,21 @@ class HTTPConnection:
         if not isinstance(response, Response):
             self._counters.handler_errors += 1
             error_logger.error(
-                "handler %r returned %r, not a trioserve.Response",
-                self._handler,
-                response,
+                "handler %r returned %r, not a trioserve.Response", self._handler, response
             )
             await self._send_error(500)
             self._log_access(request, 500, 0, started)
             return False
 
-        config = self._config
+        proto = self._proto
         close = (
             last
             or self._peer_eof
             or self._tracker.shutting_down
-            or proto.unread_body_forces_close(config.max_drain_size)
+            or proto.unread_body_forces_close(self._config.max_drain_size)
         )
         size = await self._send_response(request, response, close=close)
         await self._stop_watcher()
-        self._cycle += 1  # the request's body can no longer be read by the handler
         self._counters.requests_served += 1
         self._counters.count_response(response.status)
         self._log_access(request, response.status, size, started)
@@ -349,14 +363,16 @@ class HTTPConnection:
     async def _watch(self, scope: trio.CancelScope, done: trio.Event) -> None:
         proto = self._proto
         limit = self._config.max_header_size
+        buffered = 0
         try:
             with scope:
-                while proto.buffered_size < limit:
+                while buffered < limit:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
                     # Pipelined requests: kept for after this response.
                     proto.receive_data(data)
+                    buffered += len(data)
                 else:
                     await trio.sleep_forever()  # enough buffered; the rest can wait
                 self._peer_gone()
@@ -368,8 +384,12 @@ class HTTPConnection:
     def _peer_gone(self) -> None:
         self._peer_eof = True
         # EOF behind pipelined requests is a half-close: they are still answered.
-        if self._handler_scope is not None and not self._proto.buffered_size:
+        if self._proto.has_pipelined_data:
+            return
+        if self._handler_scope is not None:
             self._handler_scope.cancel()
+        if self._current is not None:
+            self._current.end()
 
     async def _stop_watcher(self) -> None:
         scope, done = self._watcher_scope, self._watcher_done
@@ -419,7 +439,7 @@ class HTTPConnection:
             with trio.CancelScope(deadline=now + max(allowed, 0.0)) as scope:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._peer_eof = True
+            self._peer_gone()
             raise ClientDisconnected("connection lost mid-body") from exc
         finally:
             self._body_waited += trio.current_time() - now
@@ -427,7 +447,7 @@ class HTTPConnection:
             self._counters.body_timeouts += 1
             raise RequestTimeout("request body too slow")
         if not data:
-            self._peer_eof = True
+            self._peer_gone()
             raise ClientDisconnected("client closed the connection mid-body")
         self._proto.receive_data(data)
 
@@ -590,17 +610,36 @@ class HTTPConnection:
             )
 
 
-class _Body:
-    """The body source of one request: valid only while its exchange runs."""
+class _Exchange:
+    """One request's view of its connection: its body, and whether it is over.
 
-    __slots__ = ("_connection", "_cycle")
+    The body can be read only while the exchange runs; ``wait_disconnected`` returns
+    once the client is gone or the response has been sent (or the exchange failed).
+    """
+
+    __slots__ = ("_connection", "_cycle", "_over", "_over_event")
 
     def __init__(self, connection: HTTPConnection, cycle: int) -> None:
         self._connection = connection
         self._cycle = cycle
+        self._over = False
+        self._over_event: trio.Event | None = None  # made only if someone waits
 
     async def receive_body_chunk(self) -> bytes:
         return await self._connection.receive_body_chunk(self._cycle)
+
+    async def wait_disconnected(self) -> None:
+        if self._over:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._over_event is None:
+            self._over_event = trio.Event()
+        await self._over_event.wait()
+
+    def end(self) -> None:
+        self._over = True
+        if self._over_event is not None:
+            self._over_event.set()
 
 
 @types.coroutine

@@ -153,9 +153,9 @@ class HTTP11Protocol:
         return bool(self._head_buf)
 
     @property
-    def buffered_size(self) -> int:
-        """How many received bytes wait unprocessed (pipelined requests)."""
-        return len(self._head_buf) if self._head_buf is not None else 0
+    def has_pipelined_data(self) -> bool:
+        """Whether bytes past the current request wait unprocessed (rarely asked)."""
+        return self._conn.their_state is h11.DONE and bool(self._conn.trailing_data[0])
 
     def next_request(self) -> RequestHead | _Sentinel:
         """Parse the next request head, or return ``NEED_DATA``.

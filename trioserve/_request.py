@@ -1,7 +1,7 @@
 """Request: what a handler sees of one HTTP request.
 
 Rules for this module:
-1. A Request never touches a stream: its body comes from a ``BodySource`` that the
+1. A Request never touches a stream: its body comes from a ``RequestSource`` that the
    connection hands in, so the request reads from the socket only as fast as the
    handler consumes (backpressure).
 2. Everything derived from the target (path, query) is computed on first use: the hot
@@ -19,11 +19,11 @@ import trio
 
 from ._headers import Headers
 
-__all__ = ["BodySource", "Request"]
+__all__ = ["Request", "RequestSource"]
 
 
-class BodySource(Protocol):
-    """Where a request's body comes from (the connection implements it)."""
+class RequestSource(Protocol):
+    """Where a request's body and fate come from (the connection implements it)."""
 
     async def receive_body_chunk(self) -> bytes:
         """The next piece of body; ``b""`` once the body is complete.
@@ -32,6 +32,10 @@ class BodySource(Protocol):
             trioserve.HTTPError: the body is too large (413) or too slow (408).
             trioserve.ClientDisconnected: the client went away mid-body.
         """
+        ...
+
+    async def wait_disconnected(self) -> None:
+        """Return once the client has gone away or the exchange is over."""
         ...
 
 
@@ -46,6 +50,9 @@ class _BytesBody:
     async def receive_body_chunk(self) -> bytes:
         data, self._data = self._data, b""
         return data
+
+    async def wait_disconnected(self) -> None:
+        await trio.sleep_forever()
 
 
 class Request:
@@ -98,7 +105,7 @@ class Request:
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
         scheme: str = "http",
-        body: bytes | BodySource = b"",
+        body: bytes | RequestSource = b"",
         shutdown_event: trio.Event | None = None,
     ) -> None:
         self.method = method
@@ -108,7 +115,7 @@ class Request:
         self.client = client
         self.server = server
         self.scheme = scheme
-        self._source: BodySource = _BytesBody(body) if isinstance(body, bytes) else body
+        self._source: RequestSource = _BytesBody(body) if isinstance(body, bytes) else body
         self._shutdown = shutdown_event
         self._body_consumed = False
         self._path: str | None = None
@@ -146,6 +153,15 @@ class Request:
             await trio.sleep_forever()
         else:
             await self._shutdown.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the client has gone away, or once this exchange is over.
+
+        The server notices a vanished client while the handler waits after the body
+        is complete, and while the response is sent. Adapters use this to tell an
+        application that its client left (ASGI ``http.disconnect``).
+        """
+        await self._source.wait_disconnected()
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Yield the body piece by piece as it arrives; a piece is never empty.

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket as stdlib_socket
-from collections.abc import Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import trio
@@ -25,7 +28,12 @@ from ._connection import Handler, HTTPConnection
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
 
-__all__ = ["Server", "serve"]
+__all__ = ["Lifespan", "Server", "ShutdownTrigger", "StartupError", "serve"]
+
+#: ``serve(lifespan=...)``: a callable returning an async context manager.
+Lifespan = Callable[[], AbstractAsyncContextManager[object]]
+#: ``serve(shutdown_trigger=...)``: an event to wait for, or an async callable.
+ShutdownTrigger = trio.Event | Callable[[], Awaitable[object]]
 
 error_logger = logging.getLogger("trioserve.error")
 
@@ -53,7 +61,10 @@ class Server:
         self.config = config if config is not None else Config()
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._tracker = ConnectionTracker()
+        self._serving = False
         self._finished = trio.Event()
+        #: True if a second signal forced the shutdown (see ``serve(handle_signals=...)``).
+        self.forced = False
 
     @property
     def ports(self) -> list[int]:
@@ -67,6 +78,20 @@ class Server:
             ):
                 ports.append(sock.getsockname()[1])
         return ports
+
+    @property
+    def urls(self) -> list[str]:
+        """``http://host:port`` for each TCP listener (IPv6 hosts in brackets)."""
+        urls = []
+        for listener in self.listeners:
+            sock = getattr(listener, "socket", None)
+            if sock is None or sock.family not in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
+                continue
+            host, port = sock.getsockname()[:2]
+            if sock.family == stdlib_socket.AF_INET6:
+                host = f"[{host}]"
+            urls.append(f"http://{host}:{port}")
+        return urls
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters: connections, responses and each kind of error."""
@@ -95,6 +120,7 @@ class Server:
         """
         self.listeners = list(listeners)
         tracker = self._tracker
+        self._serving = True
         try:
             async with trio.open_nursery() as connections:
                 try:
@@ -109,9 +135,20 @@ class Server:
                         await trio.aclose_forcefully(listener)
                 # Graceful shutdown: idle connections were woken and close; requests in
                 # flight get until the deadline, then are cancelled.
+                counters = tracker.counters
+                error_logger.info(
+                    "shutting down: %d connections in flight, %d idle",
+                    counters.connections_open - tracker.idle_count,
+                    tracker.idle_count,
+                )
                 connections.cancel_scope.deadline = (
                     trio.current_time() + self.config.shutdown_timeout
                 )
+            error_logger.info(
+                "shutdown complete: %d connections cut off at the %.4g s timeout",
+                counters.shutdown_cutoffs,
+                self.config.shutdown_timeout,
+            )
         finally:
             self._finished.set()
 
@@ -146,6 +183,13 @@ class Server:
         )
         await connection.serve()
 
+    def _begin_shutdown(self) -> None:
+        self._tracker.begin_shutdown()
+
+    async def wait_finished(self) -> None:
+        """Return once :meth:`serve_listeners` has returned (after a shutdown)."""
+        await self._finished.wait()
+
     async def shutdown(self) -> None:
         """Shut down gracefully and return once every connection task has finished.
 
@@ -153,9 +197,13 @@ class Server:
         (their responses say ``Connection: close``) or are cancelled after
         ``Config.shutdown_timeout``. Idempotent, and callable from any task.
         """
-        self._tracker.begin_shutdown()
-        if self.listeners:
+        tracker = self._tracker
+        tracker.begin_shutdown()
+        if self._serving:
             await self._finished.wait()
+            return
+        while tracker.counters.connections_open:  # connections served one by one
+            await tracker.wait_changed()
 
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], connections: trio.Nursery
@@ -253,18 +301,34 @@ async def serve(
     *,
     host: str | None = None,
     config: Config | None = None,
+    lifespan: Lifespan | None = None,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    handle_signals: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``port`` and serve ``handler`` until cancelled or shut down.
+    """Listen on ``port`` and serve ``handler`` until shut down or cancelled.
 
     Args:
         handler: ``async def handler(request: Request) -> Response``.
-        port: the TCP port; ``0`` picks a free one (see ``Server.ports``).
+        port: the TCP port; ``0`` picks a free one (see ``Server.ports``; with
+            ``host=None`` the IPv4 and IPv6 listeners may get different ports).
         host: the address to bind; ``None`` binds every interface, IPv4 and IPv6
             where the system has both.
         config: deadlines and limits; ``Config()`` when omitted.
+        lifespan: a callable returning an async context manager, entered before
+            listening and exited after the last connection has finished (open
+            database pools there). An error on entry ends ``serve`` with
+            :class:`StartupError`.
+        shutdown_trigger: a ``trio.Event``, or an async callable: when the event is set
+            or the call returns, graceful shutdown begins.
+        handle_signals: the first SIGINT or SIGTERM begins graceful shutdown, a second
+            one forces it (connections are cancelled at once). Off by default, so an
+            embedding application keeps its own signal handling.
         task_status: reports the :class:`Server` once listening, so that
             ``server = await nursery.start(trioserve.serve, handler, 0)`` works.
+
+    Returns once graceful shutdown has finished. Cancelling the surrounding scope is
+    the hard stop: every connection is closed at once.
 
     Example::
 
@@ -275,8 +339,67 @@ async def serve(
 
     Raises:
         OSError: the port cannot be bound (in use, or permission denied).
+        StartupError: ``lifespan`` failed on entry.
     """
     config = config if config is not None else Config()
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
     server = Server(handler, config)
-    await server.serve_listeners(listeners, task_status=task_status)
+    async with _enter_lifespan(lifespan):
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_listeners, listeners)
+            if shutdown_trigger is not None:
+                nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
+            if handle_signals:
+                nursery.start_soon(_shutdown_on_signals, server, nursery.cancel_scope)
+            task_status.started(server)
+            await server.wait_finished()
+            nursery.cancel_scope.cancel()
+
+
+class StartupError(Exception):
+    """The ``lifespan`` hook (or an application's startup) failed; nothing was served."""
+
+
+@asynccontextmanager
+async def _enter_lifespan(lifespan: Lifespan | None) -> AsyncIterator[None]:
+    if lifespan is None:
+        yield
+        return
+    manager = lifespan()
+    try:
+        await manager.__aenter__()
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"startup failed: {exc!r}") from exc
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if failed:
+            await manager.__aexit__(*sys.exc_info())
+        else:
+            await manager.__aexit__(None, None, None)
+
+
+async def _shutdown_on_trigger(server: Server, trigger: ShutdownTrigger) -> None:
+    if isinstance(trigger, trio.Event):
+        await trigger.wait()
+    else:
+        await trigger()
+    await server.shutdown()
+
+
+async def _shutdown_on_signals(server: Server, serving: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not server.shutting_down:
+                error_logger.info("%s received: shutting down gracefully", name)
+                server._begin_shutdown()
+            else:
+                error_logger.warning("%s received again: forcing shutdown", name)
+                server.forced = True
+                serving.cancel()
+                return

@@ -37,7 +37,9 @@ class ServerStatistics:
         connections_evicted: idle connections closed to make room at
             ``max_connections``.
         connections_aborted: connections cut off (write timeout, handler failure
-            mid-response, client gone, shutdown timeout).
+            mid-response, client gone).
+        shutdown_cutoffs: connections cancelled at ``Config.shutdown_timeout`` (or by
+            a forced shutdown).
     """
 
     connections_open: int = 0
@@ -61,6 +63,7 @@ class ServerStatistics:
     client_disconnects: int = 0
     connections_evicted: int = 0
     connections_aborted: int = 0
+    shutdown_cutoffs: int = 0
 
 
 class Counters:
@@ -85,6 +88,7 @@ class Counters:
         "responses_3xx",
         "responses_4xx",
         "responses_5xx",
+        "shutdown_cutoffs",
         "targets_too_long",
         "write_timeouts",
     )
@@ -110,6 +114,7 @@ class Counters:
         self.client_disconnects = 0
         self.connections_evicted = 0
         self.connections_aborted = 0
+        self.shutdown_cutoffs = 0
 
     def count_response(self, status: int) -> None:
         if status < 200:
@@ -159,4 +164,5 @@ class Counters:
             client_disconnects=self.client_disconnects,
             connections_evicted=self.connections_evicted,
             connections_aborted=self.connections_aborted,
+            shutdown_cutoffs=self.shutdown_cutoffs,
         )
