@@ -16,6 +16,7 @@ from ._faults import reset as reset
 from ._faults import send_then_close as send_then_close
 from ._faults import send_with_stall as send_with_stall
 from ._faults import trickle as trickle
+from ._listener import MemoryListener as MemoryListener
 from ._streams import FailAfter as FailAfter
 from ._streams import PipeStream as PipeStream
 from ._streams import stream_pair as stream_pair
