@@ -86,6 +86,7 @@ class HTTPConnection:
         "_counters",
         "_current",
         "_cycle",
+        "_evicted",
         "_handler",
         "_handler_scope",
         "_nursery",
@@ -123,6 +124,7 @@ class HTTPConnection:
         self._cycle = 0
         self._current: _Exchange | None = None
         self._peer_eof = False
+        self._evicted = False
         self._body_waited = 0.0
         self._handler_scope: trio.CancelScope | None = None
         self._watcher_wanted = False
@@ -160,7 +162,7 @@ class HTTPConnection:
             if not finished and tracker.shutting_down:
                 # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
                 self._counters.shutdown_cutoffs += 1
-            tracker.connection_closed()
+            tracker.connection_closed(evicted=self._evicted)
             if graceful:
                 await self._close_gracefully()
             else:
@@ -201,7 +203,7 @@ class HTTPConnection:
             head = proto.next_request()
             if head is NEED_DATA:
                 if not proto.has_partial_request:
-                    if not await self._receive_first_bytes(idle_deadline):
+                    if not await self._receive_first_bytes(idle_deadline, first=first):
                         return None
                     head = proto.next_request()
                 # The head deadline runs from accept for a first request (the idle
@@ -228,11 +230,14 @@ class HTTPConnection:
         assert isinstance(head, RequestHead)
         return head
 
-    async def _receive_first_bytes(self, deadline: float) -> bool:
+    async def _receive_first_bytes(self, deadline: float, *, first: bool) -> bool:
         """Wait, idle, for the first bytes of a request. False: close quietly.
 
         The wait is registered with the tracker, which cancels it to close this
         connection (graceful shutdown, or room needed at ``max_connections``).
+        A connection that never sent a byte by ``header_timeout`` is closed quietly
+        too (counted as a header timeout): nobody may be there to read a 408, and a
+        port scanner or a browser's speculative preconnect deserves no answer.
         """
         tracker = self._tracker
         with trio.CancelScope(deadline=deadline) as scope:
@@ -240,10 +245,17 @@ class HTTPConnection:
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             finally:
-                tracker.leave_idle(scope)
+                self._evicted = tracker.leave_idle(scope)
+        if self._evicted:
+            # Closed to make room; bytes that raced the eviction are dropped, as if the
+            # close had come first.
+            return False
         if scope.cancelled_caught:
-            if trio.current_time() >= deadline:  # not evicted or shut down: idle too long
-                self._counters.keep_alive_timeouts += 1
+            if trio.current_time() >= deadline:  # not shut down: idle too long
+                if first:
+                    self._counters.header_timeouts += 1
+                else:
+                    self._counters.keep_alive_timeouts += 1
             return False
         if not data:
             return False

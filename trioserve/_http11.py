@@ -225,10 +225,11 @@ class HTTP11Protocol:
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if hosts > 1:
             raise BadRequest("more than one Host header field")
-        # Step 3: what h11 smoothed over in the raw bytes: obs-fold and repeated
-        # Content-Length fields.
+        # Step 3: what h11 smoothed over in the raw bytes: obs-fold, repeated
+        # Content-Length fields, and a head over max_header_size that arrived in one
+        # read (h11 enforces max_incomplete_event_size only on incomplete heads).
         if head_buf is not None:
-            _check_raw_head(head_buf)
+            _check_raw_head(head_buf, self._max_header_size)
         # Step 4: a declared body over the limit is refused before any of it is read
         # and before any 100 Continue.
         self._method = event.method
@@ -246,6 +247,11 @@ class HTTP11Protocol:
             and _has_token(connection_tokens, b"keep-alive")
             and not _has_token(connection_tokens, b"close")
         )
+        # Step 5: a request with no body (no framing header, or Content-Length: 0;
+        # RFC 9112 6.3) is complete now. Taking h11's EndOfMessage at once tells the
+        # connection the body is done, so it can watch for a vanished client.
+        if not has_te and not self._declared_length:
+            self._conn.next_event()
         return RequestHead(event.method, event.target, pairs, http_version)
 
     def next_body_chunk(self) -> bytes | _Sentinel:
@@ -255,6 +261,8 @@ class HTTP11Protocol:
             BadRequest: the body is malformed, or the client closed mid-body.
             ContentTooLarge: a chunked body crossed ``Config.max_body_size``.
         """
+        if self._conn.their_state is not h11.SEND_BODY:
+            return END  # already complete (h11 would only report NEED_DATA or PAUSED)
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -341,7 +349,10 @@ class HTTP11Protocol:
             elif lowered == b"server":
                 has_server = True
             elif lowered == b"connection" and _has_token(value.lower(), b"close"):
+                # Ours is added below; h11 decides keep-alive only after it cleans the
+                # headers, so it would not merge the two into one field.
                 close = True
+                continue
             out.append((name, value))
         if not has_date:
             out.append((b"date", _date_cache.get()))
@@ -412,14 +423,17 @@ class HTTP11Protocol:
             self._conn = self._new_h11()
             self._head_buf = bytearray()
             self._method = b""
-            self.receive_data(leftover)
+            if leftover:  # receive_data(b"") would tell the new h11 the peer sent EOF
+                self.receive_data(leftover)
             return True
         return False
 
 
-def _check_raw_head(buf: bytearray) -> None:
+def _check_raw_head(buf: bytearray, max_header_size: int) -> None:
     end = _END_OF_HEAD_RE.search(buf)
     head = buf if end is None else memoryview(buf)[: end.end()]
+    if len(head) > max_header_size:
+        raise HeaderFieldsTooLarge("request head too large")
     lengths = 0
     for match in _RAW_HEAD_RE.finditer(head):
         if match.group(1) is not None:

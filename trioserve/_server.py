@@ -62,6 +62,9 @@ class Server:
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._tracker = ConnectionTracker()
         self._serving = False
+        # Connections accepted whose task has not started yet (it counts itself open
+        # when it starts): the accept loop counts them against max_connections.
+        self._starting = 0
         self._finished = trio.Event()
         #: True if a second signal forced the shutdown (see ``serve(handle_signals=...)``).
         self.forced = False
@@ -213,13 +216,20 @@ class Server:
             await self._accept_from_socket(listener, connections)
             return
         while True:
-            await self._wait_for_room()
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 await _accept_failed(exc)
                 continue
-            connections.start_soon(self.serve_connection, stream)
+            # A Listener cannot say whether a client waits without accepting it, so
+            # room is made after the accept: evicting first would close an idle
+            # connection for a client that may never come.
+            try:
+                await self._wait_for_room()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            self._start_connection(connections, stream)
 
     async def _accept_from_socket(
         self, listener: trio.SocketListener, connections: trio.Nursery
@@ -229,11 +239,14 @@ class Server:
         # a loop; it shares the kernel socket (and its non-blocking flag).
         raw = stdlib_socket.socket(fileno=listener.socket.dup().detach())
         try:
+            limit = self.config.max_connections
             while True:
                 await trio.lowlevel.wait_readable(raw)
+                # A client waits in the backlog: make room for it at the cap (evict
+                # the longest-idle connection, or wait until one is idle or closes).
+                # Only a known waiting client evicts anyone.
+                await self._wait_for_room()
                 for _ in range(ACCEPT_BATCH):
-                    if not await self._has_room():
-                        break
                     try:
                         accepted, _ = raw.accept()
                     except BlockingIOError:
@@ -242,26 +255,37 @@ class Server:
                         await _accept_failed(exc)
                         break
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
-                    connections.start_soon(self.serve_connection, stream)
+                    self._start_connection(connections, stream)
+                    if self._open_count() >= limit:
+                        break  # more after the next readiness, and room
                 await trio.lowlevel.checkpoint()
         finally:
             raw.close()
 
-    async def _has_room(self) -> bool:
-        """Make room under ``max_connections``; True at once in the common case."""
-        tracker = self._tracker
-        if tracker.counters.connections_open < self.config.max_connections:
-            return True
-        await self._wait_for_room()
-        return True
+    def _start_connection(self, connections: trio.Nursery, stream: trio.abc.Stream) -> None:
+        self._starting += 1
+        connections.start_soon(self._serve_accepted, stream)
+
+    async def _serve_accepted(self, stream: trio.abc.Stream) -> None:
+        # No checkpoint between here and the connection counting itself open.
+        self._starting -= 1
+        await self.serve_connection(stream)
+
+    def _open_count(self) -> int:
+        return self._tracker.counters.connections_open + self._starting
 
     async def _wait_for_room(self) -> None:
+        """Return once a new connection fits under ``max_connections``.
+
+        At the cap, closes the longest-idle connection (one per new connection: an
+        eviction still closing counts as room), or waits until one is idle or
+        closes; meanwhile the kernel backlog holds new clients (backpressure).
+        """
         tracker = self._tracker
         limit = self.config.max_connections
-        while tracker.counters.connections_open >= limit:
-            # Close the longest-idle connection, or wait until one is idle or closes:
-            # the kernel backlog holds new clients meanwhile (backpressure).
-            tracker.evict_oldest_idle()
+        while self._open_count() >= limit:
+            if self._open_count() - tracker.evictions_pending >= limit:
+                tracker.evict_oldest_idle()
             await tracker.wait_changed()
 
 

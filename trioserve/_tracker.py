@@ -19,7 +19,14 @@ __all__ = ["ConnectionTracker"]
 class ConnectionTracker:
     """Shared by a server and its connection tasks."""
 
-    __slots__ = ("_changed", "_idle", "counters", "shutdown_event")
+    __slots__ = (
+        "_changed",
+        "_evicted",
+        "_idle",
+        "counters",
+        "evictions_pending",
+        "shutdown_event",
+    )
 
     def __init__(self) -> None:
         self.counters = Counters()
@@ -28,6 +35,11 @@ class ConnectionTracker:
         # Scopes of connections waiting for a request, oldest wait first (dicts keep
         # insertion order): the first one is the longest idle.
         self._idle: dict[trio.CancelScope, None] = {}
+        # Idle scopes cancelled to make room, until their connection sees it.
+        self._evicted: set[trio.CancelScope] = set()
+        #: Connections evicted that have not closed yet: the accept loop counts them
+        #: as gone, so that one new connection evicts one idle connection, not more.
+        self.evictions_pending = 0
         # Woken when a connection closes or becomes idle (room may have appeared).
         self._changed = trio.lowlevel.ParkingLot()
 
@@ -43,8 +55,11 @@ class ConnectionTracker:
         self.counters.connections_open += 1
         self.counters.connections_total += 1
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, *, evicted: bool = False) -> None:
+        """Report a connection closed; ``evicted``: because :meth:`leave_idle` said so."""
         self.counters.connections_open -= 1
+        if evicted:
+            self.evictions_pending -= 1
         if self._changed:
             self._changed.unpark_all()
 
@@ -56,14 +71,22 @@ class ConnectionTracker:
         if self._changed:
             self._changed.unpark_all()
 
-    def leave_idle(self, scope: trio.CancelScope) -> None:
+    def leave_idle(self, scope: trio.CancelScope) -> bool:
+        """Unregister a wait. True if it was evicted: the connection must close now,
+        even if a request's first bytes arrived at the same moment."""
         del self._idle[scope]
+        if scope in self._evicted:
+            self._evicted.remove(scope)
+            return True
+        return False
 
     def evict_oldest_idle(self) -> bool:
         """Close the longest-idle connection; False if none is idle."""
         for scope in self._idle:
             if not scope.cancel_called:
                 scope.cancel()
+                self._evicted.add(scope)
+                self.evictions_pending += 1
                 self.counters.connections_evicted += 1
                 return True
         return False

@@ -11,7 +11,9 @@ from ._client import Client as Client
 from ._client import TestResponse as TestResponse
 from ._client import open_client as open_client
 from ._client import open_connection as open_connection
+from ._client import parse_responses as parse_responses
 from ._faults import receive_all as receive_all
+from ._faults import receive_then_close as receive_then_close
 from ._faults import reset as reset
 from ._faults import send_then_close as send_then_close
 from ._faults import send_with_stall as send_with_stall

@@ -19,7 +19,7 @@ from .._headers import Headers
 from .._server import Server
 from ._streams import PipeStream, stream_pair
 
-__all__ = ["Client", "TestResponse", "open_client", "open_connection"]
+__all__ = ["Client", "TestResponse", "open_client", "open_connection", "parse_responses"]
 
 
 class TestResponse:
@@ -224,6 +224,79 @@ async def open_connection(
             yield client_end
         finally:
             await client_end.aclose()
+
+
+def parse_responses(data: bytes, *, method: str = "GET") -> list[TestResponse]:
+    """Parse the raw bytes a server sent on one connection into responses.
+
+    The bytes are checked with a real h11 client, as if each response answered a
+    ``method`` request: every response must be complete and well framed, and nothing
+    may follow the last one. Informational (1xx) responses are skipped. Use it on
+    what :func:`receive_all` returned from an :func:`open_connection` stream::
+
+        answer = await receive_all(stream)
+        [response] = parse_responses(answer)
+        assert response.status == 408
+        assert response.headers["connection"] == "close"
+
+    Args:
+        data: every byte the server sent, up to its close.
+        method: the request method each response answers (``"HEAD"`` responses
+            carry no body).
+
+    Returns:
+        The final responses, in order (an empty list for ``b""``).
+
+    Raises:
+        ValueError: the bytes are not a sequence of complete, valid HTTP/1.1
+            responses (truncated, malformed, or with bytes left over).
+    """
+    responses: list[TestResponse] = []
+    if not data:
+        return responses
+    conn = h11.Connection(h11.CLIENT)
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    while True:
+        conn.send(h11.Request(method=method, target="/", headers=[(b"host", b"x")]))
+        conn.send(h11.EndOfMessage())
+        head: h11.Response | None = None
+        chunks: list[bytes] = []
+        try:
+            while True:
+                event = conn.next_event()
+                if isinstance(event, h11.Response):
+                    head = event
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ValueError("the data ends in the middle of a response")
+                elif event is h11.NEED_DATA:  # pragma: no cover  # EOF was fed
+                    raise AssertionError("h11 asked for data after EOF")
+        except h11.RemoteProtocolError as exc:
+            raise ValueError(f"not a valid HTTP/1.1 response: {exc}") from exc
+        assert head is not None
+        responses.append(
+            TestResponse(
+                head.status_code,
+                head.reason.decode("latin-1"),
+                Headers.from_raw(list(head.headers)),
+                b"".join(chunks),
+                head.http_version.decode("ascii"),
+            )
+        )
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            if conn.trailing_data[0]:
+                continue
+            return responses
+        # The server ends the connection after this response: nothing may follow.
+        leftover = conn.trailing_data[0]
+        if leftover:
+            raise ValueError(f"{len(leftover)} bytes after a response that closes")
+        return responses
 
 
 def _b(value: str | bytes) -> bytes:

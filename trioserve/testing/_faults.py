@@ -10,7 +10,14 @@ import trio
 
 from ._streams import PipeStream
 
-__all__ = ["receive_all", "reset", "send_then_close", "send_with_stall", "trickle"]
+__all__ = [
+    "receive_all",
+    "receive_then_close",
+    "reset",
+    "send_then_close",
+    "send_with_stall",
+    "trickle",
+]
 
 
 async def trickle(
@@ -49,6 +56,26 @@ async def send_then_close(stream: trio.abc.Stream, data: bytes) -> None:
     """Send ``data`` (for example half a request) and close the client end at once."""
     await stream.send_all(data)
     await stream.aclose()
+
+
+async def receive_then_close(stream: trio.abc.Stream, nbytes: int) -> bytes:
+    """Read the first ``nbytes`` of the answer, then close the client end: a client
+    that goes away in the middle of a response.
+
+    Returns:
+        What was read (fewer bytes if the server closed first).
+    """
+    received = bytearray()
+    try:
+        while len(received) < nbytes:
+            data = await stream.receive_some(nbytes - len(received))
+            if not data:
+                break
+            received += data
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+    return bytes(received)
 
 
 async def reset(stream: PipeStream, data: bytes = b"") -> None:
