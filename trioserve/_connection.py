@@ -533,6 +533,16 @@ class HTTPConnection:
             # The body ran long or ended short of its declared Content-Length.
             self._handler_failed_mid_response(request, exc)
             raise _Abort from None
+        except ClientDisconnected:
+            # The body streamed the request body and the client went away.
+            self._client_gone(request)
+            raise _Abort from None
+        except HTTPError as exc:
+            # Refused while streaming (a request body too slow or too large, already
+            # counted where it was detected): too late for its status, so cut off.
+            if _debug_enabled(logging.DEBUG):
+                error_logger.debug("%r refused mid-response (%s); aborting", request, exc)
+            raise _Abort from None
         except Exception as exc:
             self._handler_failed_mid_response(request, exc)
             raise _Abort from None
