@@ -53,8 +53,11 @@ _INFORMATIONAL_100: Final = h11.InformationalResponse(
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 
 # A line break followed by whitespace (obs-fold, RFC 9112 5.2) or by a Content-Length
-# field name (RFC 9112 6.3: we refuse even repeated identical values).
-_RAW_HEAD_RE: Final = re.compile(rb"\n(?:([ \t])|content-length[ \t]*:)", re.IGNORECASE)
+# field, whose value is captured (RFC 9112 6.3: we refuse even repeated identical
+# values, in separate fields or as a list).
+_RAW_HEAD_RE: Final = re.compile(
+    rb"\n(?:([ \t])|content-length[ \t]*:[ \t]*([^\r\n]*))", re.IGNORECASE
+)
 # The end of a head, as h11 finds it (it accepts bare LF line ends).
 _END_OF_HEAD_RE: Final = re.compile(rb"\n\r?\n")
 
@@ -184,7 +187,10 @@ class HTTP11Protocol:
             return URITooLong("request line too long")
         if status == 431:
             return HeaderFieldsTooLarge(str(exc))
-        if status == 400:
+        if status in (400, 501):
+            # h11 hints 501 for a Transfer-Encoding other than "chunked" (RFC 9112
+            # 6.1), but in a request whose final coding is not chunked the length
+            # cannot be known: RFC 9112 6.3 says 400 and close.
             return BadRequest(str(exc))
         return HTTPError(str(exc), status_code=status)
 
@@ -439,6 +445,10 @@ def _check_raw_head(buf: bytearray, max_header_size: int) -> None:
         if match.group(1) is not None:
             raise BadRequest("obsolete line folding in a header (RFC 9112 5.2)")
         lengths += 1
+        # h11 accepts a list of identical values ("5, 5"); RFC 9110 8.6 lets us refuse
+        # it, and we do: one field, one number.
+        if not match.group(2).rstrip(b" \t").isdigit():
+            raise BadRequest("Content-Length is not a single number (RFC 9112 6.3)")
     if lengths > 1:
         raise BadRequest("more than one Content-Length field (RFC 9112 6.3)")
 
