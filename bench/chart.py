@@ -2,13 +2,18 @@
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.typing import ColorType
 from report import RAW_SERVER
 from results import Results
 from servers import ServerSpec
 
 BAR_GROUP_WIDTH = 0.8
+
+Colors = dict[str, ColorType]
 
 
 def write_chart(
@@ -18,14 +23,11 @@ def write_chart(
     path: Path,
 ) -> None:
     """Draw throughput, latency, limit ratios, echo, idle memory and slowloris."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [spec.name for spec in servers]
-    colors = {name: plt.get_cmap("tab10")(index) for index, name in enumerate(names)}
-    figure, axes = plt.subplots(2, 3, figsize=(18, 10))
+    palette = colormaps["tab10"]
+    colors: Colors = {name: palette(index) for index, name in enumerate(names)}
+    figure = Figure(figsize=(18, 10))
+    axes = figure.subplots(2, 3)
     _throughput(axes[0][0], results, names, colors, concurrencies)
     _grouped(
         axes[0][1], names, colors, concurrencies, results.median_p99_ms,
@@ -42,18 +44,15 @@ def write_chart(
         "idle keep-alive connection: KiB of RSS each",
     )  # fmt: skip
     _slowloris(axes[1][2], results, names, colors)
-    figure.suptitle(
-        f"trioserve benchmark, {results.meta['date']}: {results.meta['cpu']}"
-    )
+    figure.suptitle(f"trioserve benchmark, {results.meta.date}: {results.meta.cpu}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def _grouped(
-    axis: Any,
+    axis: Axes,
     names: Sequence[str],
-    colors: dict[str, Any],
+    colors: Colors,
     concurrencies: Sequence[int],
     value: Callable[[str, int], float | None],
     title: str,
@@ -73,10 +72,10 @@ def _grouped(
 
 
 def _throughput(
-    axis: Any,
+    axis: Axes,
     results: Results,
     names: Sequence[str],
-    colors: dict[str, Any],
+    colors: Colors,
     concurrencies: Sequence[int],
 ) -> None:
     title = "GET / Hello, world!: req/s (black line: trio + h11 limit)"
@@ -86,14 +85,15 @@ def _throughput(
         if limit is not None:
             half = BAR_GROUP_WIDTH / 2
             axis.hlines(limit, index - half, index + half, colors="black", linewidth=2)
-    axis.legend(fontsize="small")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize="small")
 
 
 def _limit_ratio(
-    axis: Any,
+    axis: Axes,
     results: Results,
     names: Sequence[str],
-    colors: dict[str, Any],
+    colors: Colors,
     concurrencies: Sequence[int],
 ) -> None:
     def ratio(name: str, connections: int) -> float | None:
@@ -102,16 +102,14 @@ def _limit_ratio(
         return rps / limit if rps is not None and limit else None
 
     measured = [name for name in names if name != RAW_SERVER]
-    _grouped(
-        axis, measured, colors, concurrencies, ratio, "ratio to the trio + h11 limit"
-    )
+    _grouped(axis, measured, colors, concurrencies, ratio, "ratio to the trio + h11 limit")
     axis.axhline(1.0, color="black", linewidth=1)
 
 
 def _bars(
-    axis: Any,
+    axis: Axes,
     names: Sequence[str],
-    colors: dict[str, Any],
+    colors: Colors,
     value: Callable[[str], float | None],
     title: str,
 ) -> None:
@@ -132,9 +130,7 @@ def _kib_per_connection(results: Results, name: str) -> float | None:
     return idle.kib_per_connection if idle else None
 
 
-def _slowloris(
-    axis: Any, results: Results, names: Sequence[str], colors: dict[str, Any]
-) -> None:
+def _slowloris(axis: Axes, results: Results, names: Sequence[str], colors: Colors) -> None:
     shown = [name for name in names if name in results.slowloris]
     for index, name in enumerate(shown):
         run = results.slowloris[name]

@@ -31,10 +31,7 @@ def idle_connections(port: int, count: int) -> Iterator[int]:
     with ExitStack() as stack:
         completed = 0
         for start in range(0, count, BATCH):
-            batch = [
-                stack.enter_context(_connect(port))
-                for _ in range(min(BATCH, count - start))
-            ]
+            batch = [stack.enter_context(_connect(port)) for _ in range(min(BATCH, count - start))]
             for client in batch:
                 client.sendall(REQUEST)
             completed += sum(_read_response(client) for client in batch)
@@ -82,9 +79,7 @@ def under_slowloris(
         "--port", str(port), "--connections", str(connections),
         "--interval", str(interval), "--hold", str(hold),
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout is not None
         if not process.stdout.readline():

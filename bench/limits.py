@@ -23,8 +23,7 @@ import trio
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 RAW_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n"
-    b"\r\nHello, world!"
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nHello, world!"
 )
 TERMINATOR = b"\r\n\r\n"
 HOST = "127.0.0.1"

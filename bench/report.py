@@ -11,9 +11,7 @@ MISSING = "—"
 Cells = Callable[[str], list[str] | None]
 
 
-def markdown(
-    results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
-) -> str:
+def markdown(results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]) -> str:
     sections = [
         _header(results),
         _throughput(results, servers, concurrencies),
@@ -30,15 +28,12 @@ def markdown(
 
 def _header(results: Results) -> str:
     meta = results.meta
-    versions = ", ".join(
-        f"{name} {version}" for name, version in meta["versions"].items()
-    )
+    versions = ", ".join(f"{name} {version}" for name, version in meta.versions.items())
     return (
-        f"Command: `{meta['command']}`  \n"
-        f"Date: {meta['date']}; CPU: {meta['cpu']}; server pinned to CPU "
-        f"{meta['server_cpu']}, wrk and clients to CPU {meta['load_cpu']}; "
-        f"medians of {meta['repetitions']} interleaved repetition(s) of "
-        f"{meta['seconds']:g} s each.  \n"
+        f"Command: `{meta.command}`  \n"
+        f"Date: {meta.date}; CPU: {meta.cpu}; server pinned to CPU {meta.server_cpu}, "
+        f"wrk and clients to CPU {meta.load_cpu}; medians of {meta.repetitions} "
+        f"interleaved repetition(s) of {meta.seconds} s each.  \n"
         f"Versions: {versions}."
     )
 
@@ -52,9 +47,7 @@ def _section(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) 
     return "\n".join(lines)
 
 
-def _rows(
-    results: Results, servers: Sequence[ServerSpec], cells: Cells
-) -> list[list[str]]:
+def _rows(results: Results, servers: Sequence[ServerSpec], cells: Cells) -> list[list[str]]:
     """A row per server that has data; "unavailable" for one that did not run."""
     rows = []
     for spec in servers:
@@ -104,21 +97,16 @@ def _limit_ratios(
 
     measured = [spec for spec in servers if spec.kind != "limit"]
     title = "Ratio to the trio + h11 limit (1.00x = as fast as the limit)"
-    return _section(
-        title, ["server", *_columns(concurrencies)], _rows(results, measured, cells)
-    )
+    return _section(title, ["server", *_columns(concurrencies)], _rows(results, measured, cells))
 
 
 def _peer_ratios(
     results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
 ) -> str:
     title = "trioserve / each peer, req/s (above 1.00x = trioserve faster)"
-    subjects = [
-        spec.name
-        for spec in servers
-        if spec.kind == "trioserve" and spec.name in results.throughput
-    ]
-    if not subjects:
+    selected = [spec.name for spec in servers if spec.kind == "trioserve"]
+    subjects = [name for name in selected if name in results.throughput]
+    if selected and not subjects:
         return f"### {title}\n\ntrioserve did not run: see *Unavailable* below."
     peers = [spec.name for spec in servers if spec.kind != "trioserve"]
     rows = [
@@ -137,8 +125,8 @@ def _peer_ratios(
 
 
 def _limits(results: Results, concurrencies: Sequence[int]) -> str:
-    h11_us = results.median_h11_us()
-    raw_us = [results.median_rps(RAW_SERVER, c) for c in concurrencies]
+    h11_us = results.best_h11_us()
+    raw_us = [results.best_rps(RAW_SERVER, c) for c in concurrencies]
     rows = [
         ["h11 in memory, µs per request", *[_us(h11_us) for _ in concurrencies]],
         [
@@ -147,7 +135,7 @@ def _limits(results: Results, concurrencies: Sequence[int]) -> str:
         ],
         ["trio + h11 limit, req/s", *_limit_cells(results, concurrencies)],
     ]
-    title = "The two limits (limit = 10⁶ / (h11 µs + raw trio loop µs))"
+    title = "The two limits, best repetition (limit = 10⁶ / (h11 µs + raw trio loop µs))"
     return _section(title, ["", *_columns(concurrencies)], rows)
 
 
@@ -238,9 +226,7 @@ def _us(value: float | None) -> str:
 def _ms(value: float | None) -> str:
     if value is not None and value >= 1000:
         return f"{value / 1000:.2f} s"
-    return _number(
-        value, "{:.2f} ms" if value is not None and value < 10 else "{:.0f} ms"
-    )
+    return _number(value, "{:.2f} ms" if value is not None and value < 10 else "{:.0f} ms")
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

@@ -3,17 +3,34 @@
 import statistics
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from scenarios import IdleResult, SlowlorisResult
 from wrk import WrkResult
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """How, where and with what a run was made."""
+
+    command: str
+    date: str
+    cpu: str
+    server_cpu: str
+    load_cpu: str
+    repetitions: int
+    seconds: int
+    concurrencies: list[int]
+    idle_connections: int
+    slowloris_connections: int
+    servers: dict[str, str]
+    versions: dict[str, str]
 
 
 @dataclass
 class Results:
     """Raw measurements of one run, keyed by server name."""
 
-    meta: dict[str, Any]
+    meta: RunInfo
     h11_us: list[float] = field(default_factory=list)
     throughput: dict[str, dict[int, list[WrkResult]]] = field(default_factory=dict)
     echo: dict[str, list[WrkResult]] = field(default_factory=dict)
@@ -22,9 +39,7 @@ class Results:
     unavailable: dict[str, str] = field(default_factory=dict)
 
     def add_throughput(self, server: str, connections: int, result: WrkResult) -> None:
-        self.throughput.setdefault(server, {}).setdefault(connections, []).append(
-            result
-        )
+        self.throughput.setdefault(server, {}).setdefault(connections, []).append(result)
 
     def add_echo(self, server: str, result: WrkResult) -> None:
         self.echo.setdefault(server, []).append(result)
@@ -43,19 +58,24 @@ class Results:
     def median_echo_p99_ms(self, server: str) -> float | None:
         return median(run.p99_ms for run in self.echo.get(server, []))
 
-    def median_h11_us(self) -> float | None:
-        return median(self.h11_us)
+    def best_h11_us(self) -> float | None:
+        return min(self.h11_us, default=None)
+
+    def best_rps(self, server: str, connections: int) -> float | None:
+        runs = self.throughput.get(server, {}).get(connections, [])
+        return max((run.requests_per_second for run in runs), default=None)
 
     def limit_rps(self, raw_server: str, connections: int) -> float | None:
-        """The trio + h11 limit: h11's in-memory cost plus the raw trio loop's
-        per-request cost at this concurrency, as req/s."""
-        h11_us = self.median_h11_us()
-        raw_rps = self.median_rps(raw_server, connections)
+        """The trio + h11 limit at this concurrency, in req/s: h11's in-memory cost
+        plus the raw trio loop's cost per request, each from its best repetition
+        (a limit is what is possible; noise only ever slows it down)."""
+        h11_us = self.best_h11_us()
+        raw_rps = self.best_rps(raw_server, connections)
         if h11_us is None or not raw_rps:
             return None
         return 1e6 / (h11_us + 1e6 / raw_rps)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["idle"] = {
             name: {**asdict(result), "kib_per_connection": result.kib_per_connection}

@@ -13,6 +13,7 @@ from wrk import WrkResult, run_wrk
 ECHO_SCRIPT = BENCH / "lua" / "echo.lua"
 ECHO_CONNECTIONS = 16
 WARMUP_CONNECTIONS = 16
+WARMUP_SECONDS = 1
 ORDINARY_CLIENTS = 16
 SETTLE_SECONDS = 1.0
 SLOWLORIS_MARGIN_SECONDS = 3.0
@@ -44,15 +45,15 @@ class SlowlorisResult:
     attack: SlowlorisReport
 
 
-def warm_up(server: RunningServer, seconds: float) -> None:
-    run_wrk(server.url, WARMUP_CONNECTIONS, seconds)
+def warm_up(server: RunningServer) -> None:
+    run_wrk(server.url, WARMUP_CONNECTIONS, WARMUP_SECONDS)
 
 
-def throughput(server: RunningServer, connections: int, seconds: float) -> WrkResult:
+def throughput(server: RunningServer, connections: int, seconds: int) -> WrkResult:
     return run_wrk(server.url, connections, seconds)
 
 
-def echo(server: RunningServer, seconds: float) -> WrkResult:
+def echo(server: RunningServer, seconds: int) -> WrkResult:
     """POST 1 MiB bodies that the server echoes back."""
     return run_wrk(server.url, ECHO_CONNECTIONS, seconds, script=ECHO_SCRIPT)
 
@@ -68,7 +69,7 @@ def idle_memory(server: RunningServer, count: int) -> IdleResult:
 
 
 def slowloris_latency(
-    server: RunningServer, connections: int, interval: float, seconds: float
+    server: RunningServer, connections: int, interval: float, seconds: int
 ) -> SlowlorisResult:
     """Latency of ORDINARY_CLIENTS alone, then while slowloris holds connections."""
     baseline = run_wrk(server.url, ORDINARY_CLIENTS, seconds)
@@ -88,8 +89,6 @@ def h11_cost_us(requests: int) -> float:
         "taskset", "-c", SERVER_CPU, sys.executable, str(BENCH / "limits.py"),
         "h11-cost", "--requests", str(requests),
     ]  # fmt: skip
-    completed = subprocess.run(
-        command, capture_output=True, text=True, check=True, timeout=120
-    )
+    completed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
     cost: float = json.loads(completed.stdout)["h11_us"]
     return cost

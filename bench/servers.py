@@ -119,7 +119,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         "trioserve",
         "trioserve, native handler",
         "trioserve",
-        _script(APPS / "native_app.py"),
+        _script(APPS / "native_app.py", "--keep-alive", KEEP_ALIVE_SECONDS),
     ),
     ServerSpec(
         "trioserve-asgi",

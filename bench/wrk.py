@@ -28,13 +28,13 @@ class WrkError(RuntimeError):
 def run_wrk(
     url: str,
     connections: int,
-    seconds: float,
+    seconds: int,
     script: Path | None = None,
 ) -> WrkResult:
     """Run one wrk thread on LOAD_CPU against ``url`` and return its report."""
     command = [
         "taskset", "-c", LOAD_CPU, "wrk", "--latency", "-t", "1",
-        "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s",
+        "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
     ]  # fmt: skip
     if script is not None:
         command += ["-s", str(script)]
@@ -43,7 +43,8 @@ def run_wrk(
         command, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS
     )
     if completed.returncode != 0:
-        raise WrkError(f"wrk exited {completed.returncode}: {completed.stderr.strip()}")
+        output = (completed.stderr + completed.stdout).strip()
+        raise WrkError(f"wrk exited {completed.returncode}: {output}")
     return parse_wrk(completed.stdout)
 
 

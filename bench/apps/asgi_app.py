@@ -6,10 +6,9 @@ the same way.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = dict[str, object]
+Message = dict[str, object]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -38,14 +37,16 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 async def _echo(receive: Receive, send: Send) -> None:
-    chunks = []
+    chunks: list[bytes] = []
     more_body = True
     while more_body:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-        chunks.append(message.get("body", b""))
-        more_body = message.get("more_body", False)
+        body = message.get("body", b"")
+        if isinstance(body, bytes):
+            chunks.append(body)
+        more_body = bool(message.get("more_body", False))
     body = b"".join(chunks)
     headers = [
         (b"content-type", b"application/octet-stream"),

@@ -27,9 +27,7 @@ async def handle(stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def _serve_connection(
-    stream: trio.SocketStream, connection: h11.Connection
-) -> None:
+async def _serve_connection(stream: trio.SocketStream, connection: h11.Connection) -> None:
     body: list[bytes] = []
     while True:
         event = connection.next_event()
@@ -47,9 +45,7 @@ async def _serve_connection(
             return
 
 
-async def _respond(
-    stream: trio.SocketStream, connection: h11.Connection, body: bytes
-) -> None:
+async def _respond(stream: trio.SocketStream, connection: h11.Connection, body: bytes) -> None:
     headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
     events = [
         h11.Response(status_code=200, headers=headers),

@@ -1,13 +1,11 @@
-"""trioserve's native handler for the benchmark: ``Hello, world!``, or an echo.
+"""trioserve's native handler for the benchmark.
 
-A request with a body is echoed; one without (every ``GET``) gets
-``Hello, world!``. Logging is deliberately left unconfigured so that trioserve
-writes no access log.
+``GET`` (any path) answers ``Hello, world!``; ``POST`` (any path) echoes the
+request body, like bench/apps/asgi_app.py. Logging is deliberately left
+unconfigured so that trioserve writes no access log.
 
-Usage: ``python bench/apps/native_app.py --port 8000``
+Usage: ``python bench/apps/native_app.py --port 8000 [--keep-alive 120]``
 """
-
-from __future__ import annotations
 
 import argparse
 import functools
@@ -17,21 +15,24 @@ import trio
 import trioserve
 
 HELLO = b"Hello, world!"
+TEXT_HEADERS = [("content-type", "text/plain")]
+ECHO_HEADERS = [("content-type", "application/octet-stream")]
 
 
 async def handler(request: trioserve.Request) -> trioserve.Response:
-    body = await request.body()
-    if body:
-        headers = [("content-type", "application/octet-stream")]
-        return trioserve.Response(200, headers=headers, body=body)
-    return trioserve.Response(200, headers=[("content-type", "text/plain")], body=HELLO)
+    if request.method == "POST":
+        return trioserve.Response(200, headers=ECHO_HEADERS, body=await request.body())
+    return trioserve.Response(200, headers=TEXT_HEADERS, body=HELLO)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds")
     args = parser.parse_args()
-    trio.run(functools.partial(trioserve.serve, handler, args.port, host="127.0.0.1"))
+    config = trioserve.Config(keep_alive_timeout=args.keep_alive)
+    serve = functools.partial(trioserve.serve, handler, args.port, host="127.0.0.1", config=config)
+    trio.run(serve)
 
 
 if __name__ == "__main__":
