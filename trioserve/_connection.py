@@ -322,9 +322,11 @@ class HTTPConnection:
             return False
 
         proto = self._proto
+        # EOF behind complete pipelined requests is a half-close (RFC 9112 9.6): they
+        # are answered first, and the last answer says Connection: close.
         close = (
             last
-            or self._peer_eof
+            or (self._peer_eof and not proto.has_pipelined_data)
             or self._tracker.shutting_down
             or proto.unread_body_forces_close(self._config.max_drain_size)
         )
@@ -333,7 +335,7 @@ class HTTPConnection:
         self._counters.requests_served += 1
         self._counters.count_response(response.status)
         self._log_access(request, response.status, size, started)
-        if close or self._peer_eof:
+        if close or (self._peer_eof and not proto.has_pipelined_data):
             return False
         if not proto.body_complete:
             return await self._drain_body()
