@@ -1,0 +1,1 @@
+"""WSGI applications for the adapter's tests (importable as ``tests.wsgi_apps.*:app``)."""
