@@ -24,7 +24,7 @@ import trio
 
 import trioserve
 from trioserve.testing import open_client, open_connection, receive_all
-from trioserve.wsgi import WSGIHandler
+from trioserve.wsgi import WSGIHandler, WSGIStatistics
 
 from .wsgi_apps import flask_app
 
@@ -170,7 +170,7 @@ def test_handler_arguments_are_checked() -> None:
         WSGIHandler(app, max_threads=0)
     handler = WSGIHandler(app, root_path="/api", max_threads=3)
     assert "max_threads=3" in repr(handler)
-    assert handler.statistics() == trioserve.wsgi.WSGIStatistics(
+    assert handler.statistics() == WSGIStatistics(
         threads_busy=0, max_threads=3, requests_waiting=0
     )
 
@@ -278,6 +278,27 @@ async def test_wsgi_input_applies_backpressure() -> None:
     assert answer.endswith(b"%d" % size)
 
 
+async def test_body_can_be_read_while_the_response_streams() -> None:
+    def echo(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        assert hasattr(stream, "read1")
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+        def pieces() -> Iterator[bytes]:
+            # The head goes out first; the body is read as the response streams.
+            yield b"echo:"
+            while piece := stream.read1(1000):
+                assert len(piece) <= 1000
+                yield piece
+
+        return pieces()
+
+    body = bytes(range(256)) * 100
+    async with open_client(WSGIHandler(echo)) as client:
+        response = await client.post("/", body=body)
+    assert response.body == b"echo:" + body
+
+
 async def test_body_too_large_raised_into_the_app_becomes_413() -> None:
     errors: list[BaseException] = []
 
@@ -349,6 +370,19 @@ async def test_a_declared_content_length_is_honoured_when_streaming() -> None:
     assert response.body == b"abcdef"
     assert response.headers["content-length"] == "6"
     assert "transfer-encoding" not in response.headers
+
+
+async def test_a_wrong_declared_content_length_cuts_the_connection() -> None:
+    def liar(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"short"]
+
+    async with open_connection(WSGIHandler(liar)) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await receive_all(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-length: 10" in head.lower()
+    assert len(body) < 10  # the client sees a short body, never a complete response
 
 
 async def test_head_keeps_the_get_headers() -> None:

@@ -208,6 +208,8 @@ class InputStream(io.BufferedIOBase):
 
     def read1(self, size: int | None = -1, /) -> bytes:
         """Read up to ``size`` bytes, fetching from the client at most once."""
+        if size == 0:
+            return b""
         if not self._buffer:
             self._fill()
         if size is None or size < 0:

@@ -67,10 +67,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_THREADS", "WSGIHandler", "WSGIStatistics"]
 
-#: Worker threads per handler: trio's own default for ``trio.to_thread`` (40), between
-#: gunicorn's gthread default (1 worker x 1 thread) and waitress' 4 and Tomcat's 200.
-#: Each thread blocks for as long as its application call lasts, so size it to the
-#: number of requests that may be in the application (or waiting on a database) at once.
+#: Worker threads per handler: trio's own default for ``trio.to_thread`` (40). For
+#: comparison, waitress runs 4 threads, gunicorn's gthread worker 1 unless told
+#: ``--threads``, Tomcat 200. A thread is held for the whole application call, so size
+#: this to the requests that may be inside the application (or waiting on its
+#: database) at once.
 DEFAULT_MAX_THREADS: Final = 40
 
 _CANCELLED: Final = "the client went away or the server is shutting down"
