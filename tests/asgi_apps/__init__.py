@@ -1,0 +1,1 @@
+"""ASGI applications and a real-socket serving helper for the ASGI adapter's tests."""

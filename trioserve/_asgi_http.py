@@ -1,0 +1,510 @@
+"""One ASGI ``http`` exchange: the application's receive/send against a Request.
+
+Rules for this module:
+1. The application runs in a task of its own, hosted by the adapter for the server's
+   lifetime; the handler (in the connection task) only waits for the response head.
+   So an application can go on after its response (Starlette background tasks) and
+   can stream while the engine writes, with no coroutine moved between tasks.
+2. The response is handed over with the first body message (ASGI lets a server hold
+   ``http.response.start`` until then), so an application that fails before its
+   first body, or before the handler has returned the response, gets a clean 500.
+3. Every way an exchange can go wrong ends in one of two places: the handler raises
+   (nothing was sent yet: the engine answers 500, or the status of an ``HTTPError``),
+   or the streamed body raises (the head is out: the engine aborts the connection,
+   never a truncated response that looks complete).
+4. Once the client is gone, ``send()`` raises :class:`ClientDisconnectedError` and
+   ``receive()`` returns ``http.disconnect``; what the application raises after that
+   is logged at DEBUG only. An application that ignores the disconnect is cancelled
+   ``ABANDON_GRACE`` seconds later.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Final
+
+import trio
+
+from ._asgi_types import (
+    ASGIApp,
+    ClientDisconnectedError,
+    Message,
+    Scope,
+    message_bool,
+    message_bytes,
+)
+from ._errors import ClientDisconnected, HTTPError
+from ._logging import error_logger
+from ._request import Request
+from ._response import Response
+
+__all__ = ["ABANDON_GRACE", "HTTPCycle"]
+
+#: Seconds an application may run on after its exchange was aborted (client gone,
+#: response failed) before it is cancelled: time to see the ``OSError`` from
+#: ``send()`` or the ``http.disconnect`` from ``receive()`` and clean up, while an
+#: application that never looks cannot pile up work for clients that are gone.
+ABANDON_GRACE: Final = 5.0
+#: Bytes read per piece of an ``http.response.pathsend`` file (trio's own default
+#: receive size).
+FILE_CHUNK: Final = 65536
+
+# The exchange as the application's messages drive it. Each value names what the
+# application has done so far; ABORTED is terminal and means the exchange is over
+# for the application (client gone, failure handed over, or response aborted).
+_WAITING: Final = 0  # nothing sent yet
+_STARTED: Final = 1  # http.response.start received, waiting for the first body
+_STREAMING: Final = 2  # head and first body handed over, more body to come
+_COMPLETE: Final = 3  # the whole response handed over
+_ABORTED: Final = 4
+
+_STATE_NAMES: Final = (
+    "before http.response.start",
+    "after http.response.start",
+    "while streaming the response body",
+    "after the response was complete",
+    "after the exchange was aborted",
+)
+
+
+class HTTPCycle:
+    """The state shared by one exchange's handler call, app task and response body.
+
+    Built by the handler for each request; :meth:`run` is the app task;
+    :meth:`wait_response` is what the handler awaits.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_left",
+        "_chunks_in",
+        "_chunks_out",
+        "_failure",
+        "_file",
+        "_ready",
+        "_request_done",
+        "_response",
+        "_state",
+        "_wake",
+        "app_scope",
+        "request",
+        "scope",
+    )
+
+    def __init__(self, request: Request, scope: Scope, body_length: int | None) -> None:
+        """``body_length``: the declared Content-Length, ``None`` for a chunked body."""
+        self.request = request
+        self.scope = scope
+        self.app_scope = trio.CancelScope()
+        self._body: AsyncIterator[bytes] | None = None
+        self._body_left = body_length
+        self._request_done = False  # the last http.request (more_body False) was given
+        self._state = _WAITING
+        self._response: Response | None = None
+        self._failure: BaseException | None = None
+        self._ready = False  # the handler has something to return or raise
+        self._wake: trio.Event | None = None
+        self._chunks_in: trio.MemorySendChannel[bytes] | None = None
+        self._chunks_out: trio.MemoryReceiveChannel[bytes] | None = None
+        self._file: io.BufferedReader | None = None
+
+    # --- The handler's side (connection task) ----------------------------------------
+
+    async def wait_response(self) -> Response:
+        """Wait until the app has a response (or a failure) for the engine.
+
+        Raises:
+            BaseException: whatever the application raised before its first body,
+                an ``HTTPError`` from reading the body, or ``RuntimeError`` when the
+                application returned without responding.
+        """
+        try:
+            while not self._ready:
+                # Woken when the response is ready, and once more if the application
+                # waits for http.disconnect (see _watch_client).
+                wake = self._wake = trio.Event()
+                await wake.wait()
+        except BaseException:
+            # Cancelled: the engine noticed that the client went away, or the server
+            # is cutting connections off. Either way nothing will be sent.
+            self.abort()
+            raise
+        failure = self._failure
+        if failure is not None:
+            # Also when the application streamed and then failed before this task
+            # ran: nothing was sent yet, so the client still gets a clean 500.
+            self._failure = None  # raised once, here; no reference cycle through it
+            self.abort()
+            raise failure
+        assert self._response is not None
+        return self._response
+
+    def _hand_over(self) -> None:
+        self._ready = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _fail(self, failure: BaseException) -> None:
+        """Nothing was handed over yet: the handler raises ``failure`` instead.
+
+        The exchange is then over for the application: what it does next cannot
+        replace this outcome.
+        """
+        self._failure = failure
+        self._hand_over()
+        self.abort()
+
+    def abort(self) -> None:
+        """End the exchange for the application: the response will not be sent.
+
+        ``send()`` raises :class:`ClientDisconnectedError` from now on, a ``send()``
+        blocked on backpressure is woken to raise it, ``receive()`` returns
+        ``http.disconnect``, and the application is cancelled after ``ABANDON_GRACE``.
+        """
+        if self._state == _ABORTED:
+            return
+        self._state = _ABORTED
+        if self._chunks_out is not None:
+            self._chunks_out.close()
+        deadline = trio.current_time() + ABANDON_GRACE
+        if deadline < self.app_scope.deadline:
+            self.app_scope.deadline = deadline
+
+    # --- The app task ----------------------------------------------------------------
+
+    async def run(self, app: ASGIApp) -> None:
+        """Run the application for this exchange (the app task)."""
+        try:
+            with self.app_scope:
+                try:
+                    await app(self.scope, self.receive, self.send)
+                except Exception as exc:
+                    self._app_raised(exc)
+                else:
+                    self._app_returned()
+            if self.app_scope.cancelled_caught:
+                self._app_cancelled()
+        finally:
+            await self._close_resources()
+
+    def _app_raised(self, exc: Exception) -> None:
+        state = self._state
+        if state <= _STARTED:
+            self._fail(exc)  # the handler raises it: 500, or the HTTPError's status
+        elif state == _STREAMING:
+            self._failure = exc  # the response body raises it: the connection aborts
+            self._end_stream()
+        elif state == _COMPLETE:
+            error_logger.error(
+                "ASGI application raised after its response to %r was complete",
+                self.request,
+                exc_info=exc,
+            )
+        elif error_logger.isEnabledFor(logging.DEBUG):
+            # The exchange was aborted (usually: the client went away), and this is the
+            # application reacting to that, as ASGI asks it to. Not an error.
+            error_logger.debug(
+                "ASGI application stopped after %r was aborted: %r", self.request, exc
+            )
+
+    def _app_returned(self) -> None:
+        state = self._state
+        if state == _WAITING:
+            self._fail(RuntimeError("ASGI application returned without a response"))
+        elif state == _STARTED:
+            self._fail(
+                RuntimeError("ASGI application returned after http.response.start without a body")
+            )
+        elif state == _STREAMING:
+            self._failure = RuntimeError(
+                "ASGI application returned before its streamed response was complete"
+            )
+            self._end_stream()
+
+    def _app_cancelled(self) -> None:
+        # Only abort() sets a deadline on app_scope: the exchange is already over.
+        if error_logger.isEnabledFor(logging.DEBUG):
+            error_logger.debug(
+                "ASGI application for %r cancelled %.4g s after its exchange was aborted",
+                self.request,
+                ABANDON_GRACE,
+            )
+
+    async def _close_resources(self) -> None:
+        if self._chunks_in is not None:
+            self._chunks_in.close()
+        body = self._body
+        if body is not None and not self._request_done:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):  # no I/O: the generator just ends
+                    await aclose()
+        if self._file is not None and self._state != _COMPLETE:
+            self._file.close()  # never handed to the engine
+
+    # --- receive() -------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """ASGI ``receive``: ``http.request`` pieces, then ``http.disconnect``.
+
+        The body is read from the client only as fast as the application asks
+        (backpressure). ``http.disconnect`` comes once the client is gone or the
+        response is done; until then a ``receive()`` after the body waits.
+        """
+        if not self._request_done and self._state < _COMPLETE:
+            return await self._receive_body()
+        if self._state != _ABORTED:
+            self._watch_client()
+            await self.request.wait_disconnected()
+            if self._state < _COMPLETE:
+                # The exchange ended before the response did: the client is gone.
+                # Spec: once an application got http.disconnect, send() raises.
+                self.abort()
+        else:
+            await trio.lowlevel.checkpoint()
+        return {"type": "http.disconnect"}
+
+    async def _receive_body(self) -> Message:
+        body = self._body
+        if body is None:
+            body = self._body = self.request.stream()
+        try:
+            chunk = await body.__anext__()
+        except StopAsyncIteration:
+            self._body_complete()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        except ClientDisconnected:
+            self._request_done = True
+            self.abort()
+            return {"type": "http.disconnect"}
+        except HTTPError as exc:
+            # Too large (413) or too slow (408): the engine answers it if the handler
+            # raises it before the response started.
+            self._request_done = True
+            if self._state <= _STARTED:
+                self._fail(exc)
+            return {"type": "http.disconnect"}
+        left = self._body_left
+        if left is not None:
+            left = self._body_left = left - len(chunk)
+            if left <= 0:
+                # The declared length is in. Taking the end now costs no I/O and lets
+                # this message say more_body=False, saving the app one receive().
+                async for _ in body:  # pragma: no cover  # h11 enforces the length
+                    raise AssertionError("a body ran past its Content-Length")
+                self._body_complete()
+                return {"type": "http.request", "body": chunk, "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    def _body_complete(self) -> None:
+        self._request_done = True
+
+    def _watch_client(self) -> None:
+        """Have the engine watch for a vanished client while the handler waits.
+
+        The engine starts its watcher (a task that reads the connection) when the
+        handler suspends after the request body is complete. Most applications answer
+        without ever asking about the client, so the handler's one suspension happens
+        before the body is taken and no watcher is started. An application that
+        waits for ``http.disconnect`` (a long poll) wants one: the handler is woken to
+        suspend anew, now with the body complete.
+        """
+        if not self._ready and self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
+    # --- send() ----------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """ASGI ``send``: ``http.response.start``, ``.body`` and ``.pathsend``.
+
+        Raises:
+            ClientDisconnectedError: the client is gone or the exchange was aborted.
+            RuntimeError: the message is unknown or out of order.
+            TypeError, ValueError: the message is malformed.
+        """
+        state = self._state
+        if state == _ABORTED:
+            await trio.lowlevel.checkpoint()
+            raise ClientDisconnectedError("the client went away; the response is abandoned")
+        kind = message.get("type")
+        if kind == "http.response.body":
+            if state == _STREAMING:
+                await self._send_chunk(message)
+            elif state == _STARTED:
+                self._first_body(message)
+            else:
+                raise RuntimeError(f"ASGI message 'http.response.body' sent {_STATE_NAMES[state]}")
+        elif kind == "http.response.start":
+            if state != _WAITING:
+                raise RuntimeError(
+                    f"ASGI message 'http.response.start' sent {_STATE_NAMES[state]}"
+                )
+            self._start(message)
+        elif kind == "http.response.pathsend":
+            if state != _STARTED:
+                raise RuntimeError(
+                    f"ASGI message 'http.response.pathsend' sent {_STATE_NAMES[state]}"
+                )
+            await self._pathsend(message)
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} {_STATE_NAMES[state]}")
+
+    def _start(self, message: Message) -> None:
+        status = message.get("status")
+        if type(status) is not int:
+            raise TypeError(f"ASGI http.response.start 'status' must be an int, not {status!r}")
+        if message.get("trailers", False):
+            # Not offered in scope["extensions"]: the engine has no way to send trailers.
+            raise RuntimeError("ASGI response trailers are not supported by this server")
+        headers = message.get("headers", ())
+        if not isinstance(headers, Iterable):
+            raise TypeError("ASGI http.response.start 'headers' must be an iterable of pairs")
+        # Response validates the status range and the header types, so a bad head
+        # raises here, into the application, before anything is sent.
+        self._response = Response(status, headers=_header_pairs(headers))
+        self._state = _STARTED
+
+    def _first_body(self, message: Message) -> None:
+        body = message_bytes(message, "body")
+        more_body = message_bool(message, "more_body")
+        response = self._response
+        assert response is not None
+        if more_body:
+            # Capacity 0: each send() waits until the engine takes the chunk, so the
+            # application produces no faster than the client reads (backpressure).
+            self._chunks_in, self._chunks_out = trio.open_memory_channel[bytes](0)
+            response.body = _StreamedBody(self, body, self._chunks_out)
+            self._state = _STREAMING
+        else:
+            response.body = body
+            self._state = _COMPLETE
+        self._hand_over()
+
+    async def _send_chunk(self, message: Message) -> None:
+        body = message_bytes(message, "body")
+        more_body = message_bool(message, "more_body")
+        chunks = self._chunks_in
+        assert chunks is not None
+        if body:
+            try:
+                await chunks.send(body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ClientDisconnectedError(
+                    "the client went away; the response is abandoned"
+                ) from None
+        if not more_body:
+            self._state = _COMPLETE
+            chunks.close()
+
+    async def _pathsend(self, message: Message) -> None:
+        path = message.get("path")
+        if not isinstance(path, str):
+            raise TypeError("ASGI http.response.pathsend 'path' must be a str")
+        # Opening may block (network file systems), so it runs in a thread; errors
+        # (missing file, permissions) are raised into the application.
+        file = await trio.to_thread.run_sync(open, path, "rb")
+        response = self._response
+        assert response is not None
+        self._file = file
+        response.body = _FileBody(file)
+        self._state = _COMPLETE
+        self._hand_over()
+
+    # --- The streamed body's side (connection task) ----------------------------------
+
+    def _end_stream(self) -> None:
+        # The body raises self._failure once it has sent what was queued before.
+        if self._chunks_in is not None:
+            self._chunks_in.close()
+
+    def stream_ended(self) -> BaseException | None:
+        """The streamed body has no more chunks: None if complete, else the failure."""
+        if self._state == _COMPLETE:
+            return None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            return failure
+        if self._state == _ABORTED:
+            return ClientDisconnectedError("the client went away mid-response")
+        # Only a cancellation from outside (a forced shutdown) gets here.
+        return RuntimeError("ASGI application stopped before its response was complete")
+
+    def body_closed(self) -> None:
+        """The engine is done with the streamed body (sent, or the connection failed)."""
+        if self._state != _COMPLETE:
+            self.abort()
+
+
+class _StreamedBody:
+    """The response body of a streaming application, as the engine iterates it."""
+
+    __slots__ = ("_chunks", "_cycle", "_first")
+
+    def __init__(
+        self, cycle: HTTPCycle, first: bytes, chunks: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        self._cycle = cycle
+        self._first = first
+        self._chunks = chunks
+
+    def __aiter__(self) -> _StreamedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first = self._first
+        if first:
+            self._first = b""
+            return first
+        try:
+            return await self._chunks.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            pass
+        failure = self._cycle.stream_ended()
+        if failure is None:
+            raise StopAsyncIteration
+        raise failure
+
+    async def aclose(self) -> None:
+        """Called by the engine when it is done, also when the connection failed."""
+        self._chunks.close()
+        self._cycle.body_closed()
+        await trio.lowlevel.checkpoint()
+
+
+class _FileBody:
+    """The body of an ``http.response.pathsend`` response: the file, piece by piece.
+
+    Reads run in a worker thread (``trio.to_thread``), as trio's own file I/O does.
+    """
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: io.BufferedReader) -> None:
+        self._file = file
+
+    def __aiter__(self) -> _FileBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await trio.to_thread.run_sync(self._file.read, FILE_CHUNK)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        self._file.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _header_pairs(headers: Iterable[object]) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for pair in headers:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"ASGI response headers must be [name, value] pairs, not {pair!r}")
+        name, value = pair
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"ASGI response header names and values must be bytes: {pair!r}")
+        pairs.append((name, value))
+    return pairs

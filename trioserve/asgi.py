@@ -1,0 +1,295 @@
+"""Serve ASGI 3 applications (Starlette, FastAPI, ...) with trioserve.
+
+``ASGIHandler(app)`` is a trioserve handler; its ``lifespan`` method is what
+``trioserve.serve(..., lifespan=...)`` takes::
+
+    import functools, trio, trioserve
+    from trioserve.asgi import ASGIHandler
+
+    handler = ASGIHandler(app)
+    trio.run(functools.partial(trioserve.serve, handler, 8000, lifespan=handler.lifespan))
+
+Applications written for anyio (Starlette, FastAPI) run on trio unchanged. The
+``http`` and ``lifespan`` scopes are implemented in full (HTTP spec 2.4, lifespan
+2.0), with the ``http.response.pathsend`` extension. WebSocket is not served.
+
+Rules for this module:
+1. It is the public door: the adapter lives in ``_asgi_http`` (one exchange) and
+   ``_asgi_lifespan`` (the lifespan protocol); here are only the handler and the host
+   that keeps the applications' tasks for the server's lifetime.
+2. Built on the engine's public surface (``Request``, ``Response``, ``serve``'s
+   ``lifespan``), never the other way round.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Final, get_args
+from urllib.parse import quote
+
+import trio
+
+from ._asgi_http import ABANDON_GRACE as ABANDON_GRACE
+from ._asgi_http import HTTPCycle
+from ._asgi_lifespan import LifespanFailure as LifespanFailure
+from ._asgi_lifespan import LifespanMode as LifespanMode
+from ._asgi_lifespan import LifespanProtocol
+from ._asgi_types import ASGI_VERSION
+from ._asgi_types import ASGIApp as ASGIApp
+from ._asgi_types import ClientDisconnectedError as ClientDisconnectedError
+from ._asgi_types import Message as Message
+from ._asgi_types import Receive as Receive
+from ._asgi_types import Scope as Scope
+from ._asgi_types import Send as Send
+from ._logging import error_logger
+from ._request import Request
+from ._response import Response
+
+__all__ = [
+    "ABANDON_GRACE",
+    "DRAIN_TIMEOUT",
+    "ASGIApp",
+    "ASGIHandler",
+    "ClientDisconnectedError",
+    "LifespanFailure",
+    "LifespanMode",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+]
+
+#: The ASGI HTTP sub-specification version spoken here. 2.4 is the one that matters:
+#: ``send()`` raises an ``OSError`` once the client is gone (Starlette then streams
+#: without a task group listening for ``http.disconnect``).
+HTTP_SPEC_VERSION: Final = "2.4"
+#: Seconds that application tasks still running when the server has drained (work
+#: after a complete response, such as Starlette background tasks) get to finish
+#: before lifespan shutdown; then they are cancelled. The engine's
+#: ``Config.shutdown_timeout`` default, for the same reason.
+DRAIN_TIMEOUT: Final = 30.0
+
+_NOT_HOSTED: Final = (
+    "ASGIHandler is not running: serve it with its lifespan, "
+    "trioserve.serve(handler, ..., lifespan=handler.lifespan), "
+    "or inside `async with handler.lifespan():`"
+)
+
+
+class ASGIHandler:
+    """A trioserve handler that serves an ASGI 3 application.
+
+    Args:
+        app: the application, ``async def app(scope, receive, send) -> None``.
+        root_path: the path prefix the application is mounted at behind a proxy
+            (WSGI's ``SCRIPT_NAME``). It is put in ``scope["root_path"]`` and in front
+            of ``scope["path"]`` and ``scope["raw_path"]``, as uvicorn does.
+        lifespan: ``"auto"`` runs the ASGI lifespan protocol and goes on without it if
+            the application does not speak it (it raises or returns at once; logged
+            at INFO); ``"on"`` makes that a startup failure; ``"off"`` never calls the
+            application with the lifespan scope.
+
+    The handler needs a host for the applications' tasks, :meth:`lifespan`; pass it
+    to ``serve`` (it also runs the ASGI lifespan protocol)::
+
+        handler = ASGIHandler(app)
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(trioserve.serve, handler, 0, lifespan=handler.lifespan)
+            )
+
+    Called outside of its lifespan, the handler raises ``RuntimeError`` (the client
+    gets a 500 and the reason is logged on ``trioserve.error``).
+
+    Error handling: an application that raises before its first response body, or
+    returns without responding, gets a 500 (an ``HTTPError`` it raises gets its own
+    status); an application that fails once the response head is out gets its
+    connection aborted, so a truncated response never looks complete. Messages sent
+    out of order, or malformed, raise into the application. Once the client is gone,
+    ``send()`` raises :class:`ClientDisconnectedError` (an ``OSError``, ASGI HTTP spec
+    2.4) and ``receive()`` returns ``http.disconnect``; none of that is logged above
+    DEBUG. An application still running :data:`ABANDON_GRACE` seconds after its
+    exchange was aborted is cancelled.
+
+    Resource handling: each request's application call runs in a task of its own in
+    the host, so it may stream while the server writes, and go on after its response
+    is complete (background work). The host waits up to :data:`DRAIN_TIMEOUT` seconds
+    for such tasks before lifespan shutdown.
+
+    Raises:
+        ValueError: ``lifespan`` is not ``"auto"``, ``"on"`` or ``"off"``.
+    """
+
+    __slots__ = (
+        "_apps",
+        "_hosted",
+        "_raw_root_path",
+        "_state",
+        "app",
+        "lifespan_mode",
+        "root_path",
+    )
+
+    def __init__(
+        self, app: ASGIApp, *, root_path: str = "", lifespan: LifespanMode = "auto"
+    ) -> None:
+        if lifespan not in get_args(LifespanMode):
+            raise ValueError(f"lifespan must be 'auto', 'on' or 'off', not {lifespan!r}")
+        self.app = app
+        self.root_path = root_path
+        self.lifespan_mode: LifespanMode = lifespan
+        self._raw_root_path = quote(root_path).encode("ascii")
+        # The lifespan scope's "state"; each request gets a shallow copy (spec).
+        self._state: dict[str, object] = {}
+        self._apps: trio.Nursery | None = None
+        self._hosted = False
+
+    async def __call__(self, request: Request) -> Response:
+        """Serve one request with the application (the trioserve handler protocol).
+
+        Raises:
+            RuntimeError: the handler is not running (see :meth:`lifespan`), or the
+                application returned without responding.
+            Exception: what the application raised before its first response body.
+        """
+        apps = self._apps
+        if apps is None:
+            raise RuntimeError(_NOT_HOSTED)
+        headers = request.headers.raw
+        # RFC 9112 6.3: a request has a body only with Content-Length or
+        # Transfer-Encoding (the engine refused requests that carry both).
+        body_length: int | None = 0
+        for name, value in headers:
+            if name == b"content-length":
+                body_length = int(value)
+            elif name == b"transfer-encoding":
+                body_length = None
+        root_path = self.root_path
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": root_path + request.path if root_path else request.path,
+            "raw_path": self._raw_root_path + request.raw_path,
+            "query_string": request.query_string,
+            "root_path": root_path,
+            "headers": headers,
+            "client": request.client,
+            "server": request.server,
+            "state": self._state.copy(),
+            "extensions": {"http.response.pathsend": {}},
+        }
+        cycle = HTTPCycle(request, scope, body_length)
+        apps.start_soon(cycle.run, self.app)
+        return await cycle.wait_response()
+
+    def lifespan(self) -> _Host:
+        """The host of the application's tasks, and the ASGI lifespan protocol.
+
+        Returns an async context manager, for ``trioserve.serve(lifespan=...)`` (pass
+        the method itself: ``lifespan=handler.lifespan``) or ``async with``. On entry
+        it opens a nursery for the application's tasks and runs lifespan startup; on
+        exit (after the server has drained) it waits up to :data:`DRAIN_TIMEOUT` for
+        application tasks still running, then runs lifespan shutdown.
+
+        Raises (on entry):
+            LifespanFailure: startup failed; its ``message`` is the application's.
+            RuntimeError: this handler's lifespan is already running.
+        """
+        return _Host(self)
+
+    def __repr__(self) -> str:
+        return f"ASGIHandler({self.app!r})"
+
+
+class _Host:
+    """The async context manager returned by :meth:`ASGIHandler.lifespan`.
+
+    A class, not an ``@asynccontextmanager`` generator: a nursery entered in a
+    generator would wrap whatever the server raises while serving (``OSError`` for a
+    port in use) in an ``ExceptionGroup``. Here the server's exceptions go past the
+    nursery untouched.
+    """
+
+    __slots__ = (
+        "_apps_done",
+        "_draining",
+        "_handler",
+        "_manager",
+        "_nursery",
+        "_protocol",
+    )
+
+    def __init__(self, handler: ASGIHandler) -> None:
+        self._handler = handler
+        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._protocol: LifespanProtocol | None = None
+        self._draining = trio.Event()
+        self._apps_done = trio.Event()
+
+    async def __aenter__(self) -> None:
+        handler = self._handler
+        if handler._hosted:
+            raise RuntimeError(f"the lifespan of {handler!r} is already running")
+        handler._hosted = True
+        manager = self._manager = trio.open_nursery()
+        nursery = self._nursery = await manager.__aenter__()
+        try:
+            apps: trio.Nursery = await nursery.start(self._host_apps)
+            if handler.lifespan_mode != "off":
+                protocol = LifespanProtocol(handler.app, handler._state, handler.lifespan_mode)
+                if await protocol.startup(nursery):
+                    self._protocol = protocol
+        except BaseException:
+            # Startup failed: close the nursery and let the failure itself propagate.
+            nursery.cancel_scope.cancel()
+            handler._hosted = False
+            await manager.__aexit__(None, None, None)
+            raise
+        handler._apps = apps
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        handler = self._handler
+        manager, nursery = self._manager, self._nursery
+        assert manager is not None
+        assert nursery is not None
+        handler._apps = None  # the server has drained: no request comes any more
+        try:
+            self._draining.set()
+            await self._apps_done.wait()
+            if self._protocol is not None:
+                await self._protocol.shutdown()
+        finally:
+            nursery.cancel_scope.cancel()
+            handler._hosted = False
+            await manager.__aexit__(None, None, None)
+
+    async def _host_apps(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        try:
+            async with trio.open_nursery() as apps:
+                task_status.started(apps)
+                await self._draining.wait()
+                running = len(apps.child_tasks)
+                if running:
+                    error_logger.info(
+                        "waiting up to %.4g s for %d ASGI application tasks",
+                        DRAIN_TIMEOUT,
+                        running,
+                    )
+                apps.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
+            if apps.cancel_scope.cancelled_caught:
+                error_logger.warning(
+                    "ASGI application tasks cancelled after the %.4g s drain timeout",
+                    DRAIN_TIMEOUT,
+                )
+        finally:
+            self._apps_done.set()
