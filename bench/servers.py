@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import psutil
 
@@ -33,17 +33,16 @@ IDLE = "idle"
 SLOWLORIS = "slowloris"
 ALL_SCENARIOS = frozenset({THROUGHPUT, ECHO, IDLE, SLOWLORIS})
 
+Kind = Literal["trioserve", "peer", "limit"]
+
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """A server in the comparison.
-
-    ``kind`` is ``"trioserve"`` (the subject), ``"peer"`` or ``"limit"``.
-    """
+    """A server in the comparison: trioserve (the subject), a peer, or a limit."""
 
     name: str
     description: str
-    kind: str
+    kind: Kind
     command: Callable[[int], list[str]]
     scenarios: frozenset[str] = ALL_SCENARIOS
 
@@ -64,22 +63,22 @@ class RunningServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and all of its child processes."""
-        process = psutil.Process(self.pid)
-        tree = [process, *process.children(recursive=True)]
-        return sum(member.memory_info().rss for member in tree)
+        return sum(member.memory_info().rss for member in self._tree())
 
     def established_connections(self) -> int:
         """Client connections the server side holds open right now."""
-        process = psutil.Process(self.pid)
-        tree = [process, *process.children(recursive=True)]
         return sum(
             1
-            for member in tree
+            for member in self._tree()
             for connection in member.net_connections(kind="tcp")
             if connection.status == psutil.CONN_ESTABLISHED
             and connection.laddr
             and connection.laddr.port == self.port
         )
+
+    def _tree(self) -> list[psutil.Process]:
+        process = psutil.Process(self.pid)
+        return [process, *process.children(recursive=True)]
 
 
 def _python(*args: str) -> list[str]:
