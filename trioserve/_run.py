@@ -1,10 +1,23 @@
-"""run(): serve in a program, with signals, until SIGINT or SIGTERM."""
+"""run(): serve in a program, with signals, until SIGINT or SIGTERM.
+
+Rules for this module:
+1. It is for programs (the examples, the command line): it talks to a person on
+   stderr. A failure that person can cause before anything is served (a port in use,
+   a failed startup, Ctrl+C during startup) becomes one line and an exit status, never
+   a traceback; the traceback goes to ``trioserve.error`` at DEBUG.
+2. It is built on :func:`serve` and never reaches into the server.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import socket
 import sys
+import traceback
+from typing import Final
 
 import trio
 
@@ -12,9 +25,19 @@ from ._config import Config
 from ._connection import Handler
 from ._server import Lifespan, Server, StartupError, serve
 
-__all__ = ["run"]
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "describe_exception", "run"]
 
 error_logger = logging.getLogger("trioserve.error")
+
+#: Exit statuses of :func:`run` (and of the command line).
+EXIT_OK: Final = 0
+#: A forced shutdown, or nothing was served (the port, the startup).
+EXIT_FAILURE: Final = 1
+#: Interrupted (Ctrl+C) before the server was listening: 128 + SIGINT, as shells do.
+EXIT_INTERRUPTED: Final = 130
 
 
 def run(
@@ -27,23 +50,59 @@ def run(
 ) -> int:
     """Serve ``handler`` in this process until SIGINT or SIGTERM; return an exit status.
 
-    For programs (the examples use it): prints where it listens, then serves. The
-    first SIGINT (Ctrl+C) or SIGTERM starts a graceful shutdown, a second one forces
-    it. Returns 0 after a clean graceful shutdown, 1 after a forced one or when
-    ``lifespan`` failed at startup (the reason is logged on ``trioserve.error`` and
-    printed). Use it as ``raise SystemExit(trioserve.run(handler, 8000))``.
+    For programs (the examples and the command line use it): prints
+    ``Serving on http://127.0.0.1:8000 (press CTRL+C to quit)`` to stderr once
+    listening (with the real port when ``port`` is 0), then serves. The first SIGINT
+    (Ctrl+C) or SIGTERM starts a graceful shutdown, a second one forces it. Use it as
+    ``raise SystemExit(trioserve.run(handler, 8000))``.
 
     Embedding applications call :func:`serve` instead and keep their own signals.
+
+    Args:
+        handler: ``async def handler(request: Request) -> Response``.
+        port: the TCP port; 0 picks a free one.
+        host: the address to bind; ``None`` binds every interface (IPv4 and IPv6).
+        config: deadlines and limits; ``Config()`` when omitted.
+        lifespan: as for :func:`serve`: entered before listening, exited after
+            draining.
+
+    Returns:
+        0 (:data:`EXIT_OK`) after a clean graceful shutdown; 1 (:data:`EXIT_FAILURE`)
+        after a forced shutdown, or when nothing was served because the address could
+        not be bound or ``lifespan`` failed at startup; 130
+        (:data:`EXIT_INTERRUPTED`) when interrupted before listening.
+
+    Error handling: the three "nothing was served" cases print one line to stderr,
+    ``trioserve: cannot listen on 127.0.0.1:8000: address already in use ...`` or
+    ``trioserve: startup failed: ...``, and log the traceback on ``trioserve.error``
+    at DEBUG. Anything that goes wrong once serving has begun propagates as usual.
     """
     try:
         server = trio.run(
             functools.partial(_serve_and_report, handler, port, host, config, lifespan)
         )
+    except _ListenError as exc:
+        _report(f"cannot listen on {_where(host, port)}: {_listen_reason(exc.error, port)}", exc)
+        return EXIT_FAILURE
     except StartupError as exc:
-        error_logger.error("%s", exc, exc_info=exc.__cause__)
-        print(f"trioserve: {exc}", file=sys.stderr)
-        return 1
-    return 1 if server.forced else 0
+        _report(_startup_message(exc), exc)
+        return EXIT_FAILURE
+    except BaseException as exc:
+        # Ctrl+C before serve() installed its signal handlers (a slow lifespan
+        # startup): trio raises KeyboardInterrupt, possibly inside an exception group.
+        if not _only_keyboard_interrupts(exc):
+            raise
+        print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if server.forced else EXIT_OK
+
+
+class _ListenError(Exception):
+    """``serve`` could not open its listeners; ``error`` is the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def _serve_and_report(
@@ -53,18 +112,100 @@ async def _serve_and_report(
     config: Config | None,
     lifespan: Lifespan | None,
 ) -> Server:
+    failure: _ListenError | StartupError | None = None
+    server: Server | None = None
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            functools.partial(
-                serve,
-                handler,
-                port,
-                host=host,
-                config=config,
-                lifespan=lifespan,
-                handle_signals=True,
+        try:
+            server = await nursery.start(
+                functools.partial(
+                    serve,
+                    handler,
+                    port,
+                    host=host,
+                    config=config,
+                    lifespan=lifespan,
+                    handle_signals=True,
+                )
             )
-        )
-        for url in server.urls:
-            print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
+        except StartupError as exc:
+            failure = exc
+        except OSError as exc:
+            # Before ``started`` only opening the listeners does I/O that can raise
+            # OSError: lifespan errors arrive as StartupError.
+            failure = _ListenError(exc)
+            failure.__cause__ = exc
+        else:
+            for url in server.urls:
+                print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
+    # Raised here, outside the nursery, so that it is not wrapped in an exception group.
+    if failure is not None:
+        raise failure
+    assert server is not None  # no failure means started() was called
     return server
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception from the user's code: type, message, where.
+
+    ``ModuleNotFoundError: No module named 'sqlalchemy' (app.py, line 3)``: the
+    location is the innermost frame of the traceback (for a ``SyntaxError``, the
+    offending line), relative to the current directory when below it.
+    """
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename is not None:
+        return f"{type(exc).__name__}: {exc.msg} ({_location(exc.filename, exc.lineno)})"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<")  # importlib's frozen bootstrap
+    ]
+    if frames:
+        text += f" ({_location(frames[-1].filename, frames[-1].lineno)})"
+    return text
+
+
+def _location(filename: str, lineno: int | None) -> str:
+    path = os.path.abspath(filename)
+    cwd = os.getcwd()
+    if os.path.commonpath([path, cwd]) == cwd:
+        path = os.path.relpath(path, cwd)
+    return f"{path}, line {lineno}" if lineno is not None else path
+
+
+def _report(line: str, exc: BaseException) -> None:
+    error_logger.debug("traceback of the error below", exc_info=exc.__cause__ or exc)
+    print(f"trioserve: {line}", file=sys.stderr, flush=True)
+
+
+def _startup_message(exc: StartupError) -> str:
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc)  # the application's own words (an ASGI lifespan failure)
+    return f"startup failed: {describe_exception(cause)}"
+
+
+def _where(host: str | None, port: int) -> str:
+    if host is None:
+        return f"port {port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen_reason(error: OSError, port: int) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the host name ({error.strerror})"
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use (is another server running there? choose another port)"
+    if error.errno == errno.EACCES:
+        if 0 < port < 1024:
+            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return "permission denied"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "address not available (it is not an address of this machine)"
+    return error.strerror or str(error)
+
+
+def _only_keyboard_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(KeyboardInterrupt)
+        return rest is None
+    return isinstance(exc, KeyboardInterrupt)

@@ -1,0 +1,793 @@
+"""The command line: ``trioserve MODULE:ATTR [options]``, also ``python -m trioserve``.
+
+Rules for this module:
+1. The flags for deadlines and limits are generated from ``Config``'s fields, and
+   their help text is the first sentence of each field's ``#:`` comment in
+   ``_config.py``, so the command line cannot drift from the configuration. A value is
+   checked by building a ``Config`` with it: the error is ``Config``'s own message.
+2. Every mistake a user can make here ends in one line on stderr and a non-zero exit
+   status (2 for a bad command line, as argparse; 1 for the rest), never a
+   traceback. The traceback of an error in the user's own code (an import that
+   fails, a factory that raises) is logged on ``trioserve.error`` at DEBUG, so
+   ``--log-level debug`` shows it.
+3. It is built on the public surface: :func:`trioserve.run` and the adapters.
+   Nothing imports this module but ``__main__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, cast
+
+import trio
+
+from ._config import Config
+from ._connection import Handler
+from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, describe_exception, run
+from ._server import Lifespan
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    from .asgi import ASGIApp
+
+__all__ = ["main"]
+
+error_logger = logging.getLogger("trioserve.error")
+access_logger = logging.getLogger("trioserve.access")
+
+Interface = Literal["native", "asgi", "wsgi"]
+InterfaceChoice = Literal["auto", "native", "asgi", "wsgi"]
+LifespanChoice = Literal["auto", "on", "off"]
+
+#: How each interface is called, for detection: (arguments, must be async).
+_CALLING_CONVENTIONS: Final[dict[Interface, tuple[int, bool]]] = {
+    "native": (1, True),  # async def handler(request)
+    "asgi": (3, True),  # async def app(scope, receive, send)
+    "wsgi": (2, False),  # def app(environ, start_response)
+}
+_INTERFACE_NAMES: Final[dict[Interface, str]] = {
+    "native": "native handler",
+    "asgi": "ASGI 3",
+    "wsgi": "WSGI",
+}
+_LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+
+#: File descriptors kept for other uses than client connections when the open-file
+#: limit is raised for ``max_connections``: listeners, log files, the application's
+#: own files and sockets (a database pool), trio's internals.
+FD_HEADROOM: Final = 128
+
+USAGE_ERROR: Final = 2  # argparse's exit status for a bad command line
+
+_EPILOG = """\
+The first SIGINT (Ctrl+C) or SIGTERM shuts down gracefully: listeners close, idle
+connections close, requests in flight get --shutdown-timeout seconds to finish. A
+second signal forces the shutdown. Exit status: 0 after a clean graceful shutdown,
+1 after a forced one or when nothing could be served, 2 for a bad command line.
+
+examples:
+  trioserve myapp:app                       an ASGI, WSGI or native app, on 127.0.0.1:8000
+  trioserve myapp:create_app --factory      call create_app() to get the app
+  trioserve myapp:app --host 0.0.0.0 --port 8080 --keep-alive-timeout 15
+"""
+
+
+class CLIError(Exception):
+    """A mistake on the command line or in the application it names: one line, a status."""
+
+    def __init__(self, message: str, *, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """The parsed command line (see :func:`parse_args`)."""
+
+    app: str
+    factory: bool
+    interface: InterfaceChoice
+    host: str | None
+    port: int
+    app_dir: str
+    root_path: str | None
+    lifespan: LifespanChoice | None
+    wsgi_max_threads: int | None
+    log_level: str
+    access_log: bool
+    config: Config
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
+    """Run the command line; return the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when omitted.
+        prog: the program name shown in ``--help``.
+
+    Returns:
+        0 after a clean graceful shutdown; 1 after a forced shutdown or when nothing
+        could be served (the application cannot be loaded, the port cannot be bound,
+        startup failed); 2 for a bad command line (argparse exits with it itself);
+        130 when interrupted before serving.
+    """
+    options = parse_args(argv, prog=prog)
+    configure_logging(options.log_level, access_log=options.access_log)
+    try:
+        app = load_app(options.app, factory=options.factory, app_dir=options.app_dir)
+        interface, reason = choose_interface(app, options.interface, options.app)
+        handler, lifespan = build_handler(app, interface, options)
+    except CLIError as exc:
+        if exc.__cause__ is not None:
+            error_logger.debug("traceback of the error below", exc_info=exc.__cause__)
+        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        return exc.status
+    except KeyboardInterrupt:  # a slow import, interrupted
+        print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    raise_open_file_limit(options.config.max_connections)
+    print(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})", file=sys.stderr, flush=True)
+    return run(handler, options.port, host=options.host, config=options.config, lifespan=lifespan)
+
+
+# --- The command line -------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        """One line, not argparse's usage block: the mistake, and where help is."""
+        self.exit(USAGE_ERROR, f"trioserve: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
+    """The argument parser, with a flag for every ``Config`` field."""
+    parser = _Parser(
+        prog=prog,
+        description=(
+            "Serve an application over HTTP/1.1 with trioserve: a native trioserve "
+            "handler, an ASGI 3 application (FastAPI, Starlette, Django) or a WSGI "
+            "application (Flask, Django)."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "app",
+        metavar="MODULE:ATTR",
+        help="the application: ATTR (dotted for nested attributes) in module MODULE, "
+        "imported from --app-dir",
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_line(), help="print the version and exit"
+    )
+
+    application = parser.add_argument_group("application")
+    application.add_argument(
+        "--factory",
+        action="store_true",
+        help="ATTR is a function taking no arguments that returns the application",
+    )
+    application.add_argument(
+        "--interface",
+        choices=("auto", "native", "asgi", "wsgi"),
+        default="auto",
+        help="how to call the application: native (async def handler(request)), asgi "
+        "(async def app(scope, receive, send)), wsgi (def app(environ, start_response)); "
+        "auto detects it from the signature (default: auto)",
+    )
+    application.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="directory put first on sys.path to import MODULE from (default: the "
+        "current directory)",
+    )
+    application.add_argument(
+        "--root-path",
+        type=_root_path,
+        metavar="PATH",
+        help="ASGI and WSGI: the path prefix the application is mounted at behind a "
+        "proxy, e.g. /api (scope['root_path'], SCRIPT_NAME) (default: none)",
+    )
+    application.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        help="ASGI: run the lifespan protocol; auto goes on without it if the app does "
+        "not support it, on makes that a startup failure (default: auto)",
+    )
+    application.add_argument(
+        "--wsgi-max-threads",
+        type=_positive_int,
+        metavar="N",
+        help="WSGI: requests the application handles at once, one thread each (default: 40)",
+    )
+
+    listening = parser.add_argument_group("listening")
+    listening.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every IPv4 interface, '*' for every "
+        "IPv4 and IPv6 interface (default: 127.0.0.1)",
+    )
+    listening.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        help="TCP port; 0 picks a free one, shown in the 'Serving on' line (default: 8000)",
+    )
+
+    logs = parser.add_argument_group("logging (to stderr)")
+    logs.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default="info",
+        type=str.lower,
+        help="level of the trioserve.error log; debug also shows the tracebacks of "
+        "errors in the application's import and startup (default: info)",
+    )
+    access = logs.add_mutually_exclusive_group()
+    access.add_argument(
+        "--access-log",
+        dest="access_log",
+        action="store_true",
+        default=True,
+        help="log one line per response on trioserve.access (default)",
+    )
+    access.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="no access log"
+    )
+
+    limits = parser.add_argument_group(
+        "deadlines and limits (trioserve.Config; 'inf' or 'none' for no limit where one "
+        "is allowed)"
+    )
+    docs = _field_docs()
+    for field in config_fields():
+        _add_config_flag(limits, field, docs.get(field.name, ""))
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> Options:
+    """Parse the command line into :class:`Options`.
+
+    Raises:
+        SystemExit: with status 2 and one line on stderr for a bad command line; with
+            status 0 after ``--help`` or ``--version``.
+    """
+    parser = build_parser(prog)
+    namespace = parser.parse_args(argv)
+    changes: dict[str, float | str | None] = {}
+    for field in config_fields():
+        if hasattr(namespace, field.name):
+            changes[field.name] = cast("float | str | None", getattr(namespace, field.name))
+    try:
+        config = Config().replace(**changes)
+    except (TypeError, ValueError) as exc:  # each flag was checked alone: a combination
+        parser.error(str(exc))
+    host = str(namespace.host)
+    return Options(
+        app=str(namespace.app),
+        factory=bool(namespace.factory),
+        interface=cast(InterfaceChoice, namespace.interface),
+        host=None if host == "*" else host,
+        port=int(namespace.port),
+        app_dir=str(namespace.app_dir),
+        root_path=cast("str | None", namespace.root_path),
+        lifespan=cast("LifespanChoice | None", namespace.lifespan),
+        wsgi_max_threads=cast("int | None", namespace.wsgi_max_threads),
+        log_level=str(namespace.log_level),
+        access_log=bool(namespace.access_log),
+        config=config,
+    )
+
+
+def version_line() -> str:
+    """``trioserve 0.1.0 (trio 0.30.0, h11 0.16.0, CPython 3.12.3 on Linux)``."""
+    return (
+        f"trioserve {__version__} (trio {trio.__version__}, "
+        f"h11 {importlib.metadata.version('h11')}, "
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.system()})"
+    )
+
+
+def config_fields() -> tuple[dataclasses.Field[object], ...]:
+    """``Config``'s fields, each of which gets a flag: ``max_body_size`` -> ``--max-body-size``."""
+    return dataclasses.fields(Config)
+
+
+def flag_name(field_name: str) -> str:
+    """The flag for a ``Config`` field: ``keep_alive_timeout`` -> ``--keep-alive-timeout``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _add_config_flag(
+    group: argparse._ArgumentGroup, field: dataclasses.Field[object], doc: str
+) -> None:
+    hint = typing.get_type_hints(Config)[field.name]
+    if hint is float:
+        convert: Callable[[str], float | str | None] = _number
+    elif hint is int:
+        convert = _integer
+    elif hint == (str | None):
+        convert = _text_or_none
+    else:  # a new kind of field: tests/test_cli.py fails here first
+        raise TypeError(f"no command-line form for Config.{field.name}: {hint}")
+    metavar = _metavar(field.name, hint)
+    shown = _format_default(field.default, metavar)
+    group.add_argument(
+        flag_name(field.name),
+        dest=field.name,
+        type=_checked(field.name, convert),
+        # Not given: absent from the namespace, so Config's own default applies.
+        default=argparse.SUPPRESS,
+        metavar=metavar,
+        help=f"{doc} (default: {shown})" if doc else f"(default: {shown})",
+    )
+
+
+def _checked(
+    name: str, convert: Callable[[str], float | str | None]
+) -> Callable[[str], float | str | None]:
+    """A converter that also builds a ``Config`` with the value, for its message."""
+
+    def check(text: str) -> float | str | None:
+        value = convert(text)
+        try:
+            Config().replace(**{name: value})
+        except (TypeError, ValueError) as exc:
+            # Config speaks Python ("math.inf"); on the command line it is "inf".
+            raise argparse.ArgumentTypeError(str(exc).replace("math.inf", "inf")) from None
+        return value
+
+    check.__name__ = name  # argparse names the converter in some messages
+    return check
+
+
+def _number(text: str) -> float:
+    """An int or float; ``inf``/``none`` (any case) is ``math.inf``, no limit."""
+    word = text.strip().lower()
+    if word in ("inf", "infinity", "none", "unlimited"):
+        return math.inf
+    try:
+        return int(word)
+    except ValueError:
+        pass
+    try:
+        return float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'inf', not {text!r}") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _text_or_none(text: str) -> str | None:
+    """A string; empty or ``none`` (any case) is ``None``."""
+    return None if text.strip().lower() in ("", "none") else text
+
+
+def _format_number(value: object) -> str:
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _format_default(value: object, metavar: str) -> str:
+    if value is None:
+        return "none"
+    shown = _format_number(value)
+    if metavar == "BYTES" and isinstance(value, int):
+        for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+            if value >= size and value % size == 0:
+                return f"{shown} = {value // size} {unit}"
+    return shown
+
+
+def _metavar(name: str, hint: object) -> str:
+    if hint is not float and hint is not int:
+        return "TEXT"
+    if name.endswith(("_timeout", "_grace")):
+        return "SECONDS"
+    if name.endswith("_rate"):
+        return "BYTES/S"
+    if name.endswith(("_size", "_length")):
+        return "BYTES"
+    return "N"
+
+
+#: Where a field's comment speaks Python rather than the command line.
+_HELP_OVERRIDES: Final = {
+    "server_header": "value of the Server header on every response; 'none' leaves it out",
+}
+
+
+def _field_docs() -> dict[str, str]:
+    """The first sentence of each ``Config`` field's ``#:`` comment, by field name."""
+    try:
+        source = inspect.getsource(Config)
+    except (OSError, TypeError):  # installed without sources: flags without help
+        return {}
+    docs: dict[str, str] = {}
+    comment: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            comment.append(stripped[2:].strip())
+            continue
+        match = re.match(r"(\w+)\s*:", stripped)
+        if comment and match is not None:
+            name = match.group(1)
+            text = " ".join(comment).replace("``", "")
+            sentence = re.match(r"(.+?)\.(\s|$)", text)
+            text = sentence.group(1) if sentence is not None else text
+            docs[name] = _HELP_OVERRIDES.get(name, text[:1].lower() + text[1:])
+        comment = []
+    return docs
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {text!r}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return number
+
+
+def _root_path(text: str) -> str:
+    if text == "":
+        return text
+    if not text.startswith("/") or text.endswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"expected a path that starts with '/' and does not end with one, "
+            f"such as /api, not {text!r}"
+        )
+    return text
+
+
+# --- Logging ------------------------------------------------------------------------------
+
+
+class _CLIHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """The command line's handler, told apart so a second setup replaces it."""
+
+
+def configure_logging(level: str, *, access_log: bool) -> None:
+    """Send ``trioserve.error`` (at ``level``) and ``trioserve.access`` to stderr.
+
+    The library configures no handlers; the command line does, on these two loggers
+    only (``propagate`` off, so a root handler the application installs does not
+    print each line twice). Calling it again replaces what it set up before.
+    """
+    error_handler = _CLIHandler(sys.stderr)
+    error_handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    # Access lines carry their own timestamp (Combined Log Format).
+    access_handler = _CLIHandler(sys.stderr)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    for logger, handler, logger_level in (
+        (error_logger, error_handler, logging.getLevelName(level.upper())),
+        (access_logger, access_handler, logging.INFO if access_log else logging.CRITICAL + 1),
+    ):
+        for old in [h for h in logger.handlers if isinstance(h, _CLIHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(logger_level)
+        logger.propagate = False
+
+
+# --- Loading the application ------------------------------------------------------------
+
+_MODULE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
+
+
+def load_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> object:
+    """Import ``MODULE:ATTR`` from ``app_dir`` (put first on ``sys.path``), as uvicorn does.
+
+    Args:
+        spec: ``"module:attr"``, ``"package.module:attr.nested"``.
+        factory: call the attribute with no arguments and return what it returns.
+        app_dir: the directory to import from; relative to the current directory.
+
+    Raises:
+        CLIError: the spec is malformed (status 2), or the module or attribute is
+            missing, not callable, or raised while being imported or called; an error
+            raised by the user's code is the ``__cause__``.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not _MODULE.fullmatch(module_name) or not _MODULE.fullmatch(attribute):
+        raise CLIError(
+            f"expected the application as MODULE:ATTR, such as myapp:app, not {spec!r}",
+            status=USAGE_ERROR,
+        )
+    directory = os.path.abspath(app_dir)
+    if not os.path.isdir(directory):
+        raise CLIError(f"--app-dir {app_dir!r} is not a directory", status=USAGE_ERROR)
+    if sys.path[:1] != [directory]:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Missing: the module itself or a package above it. Anything else is an import
+        # that failed inside the user's code, which is what they need to see.
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise CLIError(
+                f"module {exc.name!r} not found (importing from {directory}; "
+                f"--app-dir changes that)"
+            ) from None
+        raise CLIError(f"importing {module_name} failed: {describe_exception(exc)}") from exc
+    except Exception as exc:
+        raise CLIError(f"importing {module_name} failed: {describe_exception(exc)}") from exc
+
+    app: object = module
+    for depth, part in enumerate(attribute.split(".")):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            owner = ".".join([module_name, *attribute.split(".")[:depth]])
+            names = [name for name in dir(app) if not name.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CLIError(f"{owner} has no attribute {part!r}{hint}") from None
+        except Exception as exc:  # a property or module __getattr__ of the user's
+            raise CLIError(f"getting {spec} failed: {describe_exception(exc)}") from exc
+    if not callable(app):
+        raise CLIError(f"{spec} is {_article(type(app).__name__)}, not a callable application")
+    if not factory:
+        return app
+    try:
+        product: object = app()
+    except Exception as exc:
+        raise CLIError(f"the factory {spec} raised {describe_exception(exc)}") from exc
+    if inspect.isawaitable(product):
+        if inspect.iscoroutine(product):
+            product.close()  # never awaited: close it rather than warn
+        raise CLIError(
+            f"the factory {spec} returned an awaitable: it must be a plain function "
+            "that returns the application"
+        )
+    if not callable(product):
+        raise CLIError(
+            f"the factory {spec} returned {_article(type(product).__name__)}, "
+            "not a callable application"
+        )
+    return product
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
+
+
+# --- Choosing the interface -------------------------------------------------------------
+
+
+def choose_interface(
+    app: object, choice: InterfaceChoice, spec: str = "the application"
+) -> tuple[Interface, str]:
+    """The interface to serve ``app`` with, and why, for the startup line.
+
+    ``choice`` other than ``"auto"`` is taken as given. Otherwise the callable's
+    signature decides: ``async`` and one positional parameter is a native handler,
+    ``async`` and three is ASGI 3, not ``async`` and two is WSGI. For an instance
+    that is its ``__call__``; for a class, its constructor, and "async" means its
+    instances are awaitable (an ASGI 3 app can be a class whose instances are
+    awaited). The application is never called.
+
+    Raises:
+        CLIError: the signature cannot be read, matches no interface, or more than
+            one; the message says what was found and to pass ``--interface``.
+    """
+    if choice != "auto":
+        return choice, f"--interface {choice}"
+    if isinstance(app, type):
+        is_async = callable(getattr(app, "__await__", None))
+    else:
+        is_async = inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+            getattr(app, "__call__", None)  # noqa: B004  # an instance's async __call__
+        )
+    try:
+        signature = inspect.signature(app)  # type: ignore[arg-type]  # callable(app) was checked by load_app
+    except (TypeError, ValueError):
+        raise CLIError(
+            f"cannot read the signature of {spec} to detect its interface: pass "
+            "--interface native, asgi or wsgi"
+        ) from None
+    required, most = _positional_arity(signature)
+    matches = [
+        interface
+        for interface, (arguments, needs_async) in _CALLING_CONVENTIONS.items()
+        if is_async == needs_async and required <= arguments <= most
+    ]
+    names = ", ".join(_parameter_name(parameter) for parameter in signature.parameters.values())
+    found = f"{'an async' if is_async else 'a sync'} callable taking ({names})"
+    if len(matches) == 1:
+        return matches[0], f"detected: {found}"
+    if matches:
+        listed = " and ".join(matches)
+        raise CLIError(f"{spec} is {found}, which could be {listed}: pass --interface to choose")
+    hint = "; if it builds the application, pass --factory" if most == 0 else ""
+    raise CLIError(
+        f"{spec} is {found}, which is no interface trioserve knows: native handlers are "
+        "async def handler(request), ASGI 3 apps async def app(scope, receive, send), WSGI "
+        f"apps def app(environ, start_response){hint}; --interface overrides the detection"
+    )
+
+
+def _parameter_name(parameter: inspect.Parameter) -> str:
+    if parameter.kind is parameter.VAR_POSITIONAL:
+        return f"*{parameter.name}"
+    if parameter.kind is parameter.VAR_KEYWORD:
+        return f"**{parameter.name}"
+    return parameter.name
+
+
+def _positional_arity(signature: inspect.Signature) -> tuple[int, float]:
+    """(required, at most) positional arguments; a required keyword-only one fits none."""
+    required = 0
+    most: float = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            most += 1
+            required += parameter.default is parameter.empty
+        elif parameter.kind is parameter.VAR_POSITIONAL:
+            most = math.inf
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return 1, -1  # can never be called positionally alone
+    return required, most
+
+
+# --- Building the handler ---------------------------------------------------------------
+
+
+def build_handler(
+    app: object, interface: Interface, options: Options
+) -> tuple[Handler, Lifespan | None]:
+    """Wrap ``app`` in the adapter for ``interface``; the lifespan to serve it with.
+
+    Raises:
+        CLIError: an option that only applies to another interface was given
+            (status 2).
+    """
+    name = _INTERFACE_NAMES[interface]
+    if options.root_path and interface == "native":
+        raise CLIError(
+            "--root-path applies to ASGI and WSGI applications; a native handler sees "
+            "the whole path",
+            status=USAGE_ERROR,
+        )
+    if options.lifespan is not None and interface != "asgi":
+        raise CLIError(f"--lifespan applies to ASGI applications, not {name}", status=USAGE_ERROR)
+    if options.wsgi_max_threads is not None and interface != "wsgi":
+        raise CLIError(
+            f"--wsgi-max-threads applies to WSGI applications, not {name}", status=USAGE_ERROR
+        )
+    if interface == "native":
+        return cast(Handler, app), None
+    if interface == "asgi":
+        from .asgi import ASGIHandler
+
+        asgi = ASGIHandler(
+            cast("ASGIApp", app),
+            root_path=options.root_path or "",
+            lifespan=options.lifespan or "auto",
+        )
+        return asgi, asgi.lifespan
+    from .wsgi import DEFAULT_MAX_THREADS, WSGIHandler
+
+    wsgi = WSGIHandler(
+        cast("WSGIApplication", app),
+        root_path=options.root_path or "",
+        max_threads=options.wsgi_max_threads or DEFAULT_MAX_THREADS,
+    )
+    return wsgi, None
+
+
+# --- The open-file limit ----------------------------------------------------------------
+
+
+def plan_open_file_limit(
+    soft: int, hard: int, max_connections: float, *, unlimited: int = -1
+) -> tuple[int, str | None]:
+    """The soft RLIMIT_NOFILE to set for ``max_connections``, and a warning if short.
+
+    Each connection is a file descriptor, and the usual soft limit (1024) is far
+    below ``Config.max_connections`` (10 000): without raising it, accepting fails
+    with EMFILE long before the cap. The soft limit is raised towards
+    ``max_connections`` + :data:`FD_HEADROOM`, never above the hard limit and never
+    lowered.
+
+    Args:
+        soft: the current soft limit.
+        hard: the hard limit.
+        max_connections: ``Config.max_connections`` (``math.inf``: as high as allowed).
+        unlimited: the value of ``RLIM_INFINITY`` on this system.
+
+    Returns:
+        The soft limit to set (``soft`` itself for no change), and one line to log as
+        a warning when even that leaves fewer than ``max_connections`` + the headroom.
+    """
+    if soft == unlimited:
+        return soft, None
+    ceiling = math.inf if hard == unlimited else hard
+    wanted = max_connections + FD_HEADROOM
+    target = min(wanted, ceiling)
+    if math.isinf(target):  # no connection cap and no hard limit: nothing to aim at
+        return soft, None
+    new_soft = max(soft, int(target))
+    if new_soft >= wanted:
+        return new_soft, None
+    hard_text = "unlimited" if hard == unlimited else str(hard)
+    return new_soft, (
+        f"open-file limit {new_soft} (hard limit {hard_text}) is short of --max-connections "
+        f"{_format_number(max_connections)} plus {FD_HEADROOM} for other files: about "
+        f"{max(new_soft - FD_HEADROOM, 0)} connections fit; raise the hard limit "
+        "(ulimit -Hn, LimitNOFILE= in systemd) or lower --max-connections"
+    )
+
+
+def raise_open_file_limit(max_connections: float) -> None:
+    """Raise this process's soft RLIMIT_NOFILE for ``max_connections`` (POSIX only).
+
+    Logs the change at INFO and a shortfall as one WARNING on ``trioserve.error``;
+    see :func:`plan_open_file_limit`.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit for sockets
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, warning = plan_open_file_limit(
+        soft, hard, max_connections, unlimited=resource.RLIM_INFINITY
+    )
+    if new_soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (OSError, ValueError) as exc:  # macOS caps below an "unlimited" hard limit
+            error_logger.warning(
+                "could not raise the open-file limit from %d to %d (%s): about %d "
+                "connections fit; lower --max-connections or raise the limit",
+                soft,
+                new_soft,
+                exc,
+                max(soft - FD_HEADROOM, 0),
+            )
+            return
+        error_logger.info("open-file limit raised from %d to %d", soft, new_soft)
+    if warning is not None:
+        error_logger.warning("%s", warning)
