@@ -130,7 +130,12 @@ class Client:
         head: h11.Response | None = None
         chunks: list[bytes] = []
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                # The server closed mid-response (it aborted): one error for the
+                # caller, whichever way the close showed.
+                raise trio.BrokenResourceError(f"server closed mid-response: {exc}") from exc
             if event is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some())
                 continue

@@ -9,6 +9,8 @@ clean close (the peer reads EOF) and a reset (the peer gets ``BrokenResourceErro
 
 from __future__ import annotations
 
+import operator
+
 import trio
 
 __all__ = ["FailAfter", "PipeStream", "stream_pair"]
@@ -62,10 +64,20 @@ class PipeStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        while len(self._out.buffer) >= self._out.limit:
-            self._check_can_send()
-            await self._out.lot.park()
-        await trio.lowlevel.checkpoint()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            out = self._out
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this end is closed")
+                if len(out.buffer) < out.limit or out.reset or self._in.reset or self._in.closed:
+                    return  # room, or a send would fail at once: either way, no blocking
+                await out.lot.park()
+        finally:
+            self._sending = False
 
     def _check_can_send(self) -> None:
         if self._closed:
@@ -78,6 +90,11 @@ class PipeStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError("the peer closed the connection")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            # As trio's streams: 0 would return b"", which every caller reads as EOF.
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
@@ -105,6 +122,8 @@ class PipeStream(trio.abc.HalfCloseableStream):
             self._receiving = False
 
     async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("this end is closed")
@@ -179,8 +198,12 @@ class FailAfter(trio.abc.HalfCloseableStream):
         await self.stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = self._take(max_bytes if max_bytes is not None else 65536)
-        return bytes(await self.stream.receive_some(size))
+        if self.remaining <= 0:
+            raise trio.BrokenResourceError("injected failure")
+        size = min(max_bytes if max_bytes is not None else 65536, self.remaining)
+        data = bytes(await self.stream.receive_some(size))
+        self.remaining -= len(data)  # what arrived, not what was asked for
+        return data
 
     async def send_eof(self) -> None:
         await self.stream.send_eof()
