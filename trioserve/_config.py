@@ -50,9 +50,10 @@ class Config:
     #: Time allowed to receive a whole request head (request line and headers),
     #: counted from accept for a connection's first request and from the first byte of
     #: each later one. Never reset by progress, so a slowloris client trickling one
-    #: byte a second is cut off with 408 at this deadline. 10 s (nginx
-    #: client_header_timeout: 60 s; Apache mod_reqtimeout: 20-40 s; uvicorn and
-    #: hypercorn have none).
+    #: byte a second is cut off with 408 at this deadline. A connection that has sent
+    #: no byte at all by then is closed quietly instead (no one may be there to read a
+    #: 408). 10 s (nginx client_header_timeout: 60 s; Apache mod_reqtimeout: 20-40 s;
+    #: uvicorn and hypercorn have none).
     header_timeout: float = 10.0
 
     #: Time allowed without any body byte arriving while the request body is read;
@@ -71,9 +72,10 @@ class Config:
     body_rate_grace: float = 10.0
 
     #: Time allowed for a write to make progress (the client does not read its
-    #: response); then the connection is aborted and the handler cancelled. Stops a
-    #: client from pinning a response buffer and a task forever. 30 s (nginx
-    #: send_timeout: 60 s; uvicorn and hypercorn: none).
+    #: response): each write of up to 256 KiB must complete within it. Then the
+    #: connection is aborted and the handler's streamed body closed. Stops a client
+    #: from pinning a response buffer and a task forever. 30 s (nginx send_timeout:
+    #: 60 s between two writes; uvicorn and hypercorn: none).
     write_timeout: float = 30.0
 
     #: On graceful shutdown, how long requests in flight may run before they are

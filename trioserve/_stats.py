@@ -24,7 +24,8 @@ class ServerStatistics:
         requests_served: responses completed.
         responses_1xx ... responses_5xx: responses sent, by status class (1xx counts
             ``100 Continue``).
-        header_timeouts: 408s for a request head that came too slowly.
+        header_timeouts: 408s for a request head that came too slowly, and quiet
+            closes of connections that sent no byte within ``header_timeout``.
         body_timeouts: 408s (or aborts) for a body that came too slowly.
         write_timeouts: connections aborted because the client did not read.
         keep_alive_timeouts: idle connections closed at ``keep_alive_timeout``.

@@ -2,9 +2,20 @@
 
 ``open_client`` gives a client that calls a handler through the real server engine
 over in-memory streams; ``open_connection`` gives the raw client end of one
-connection, to send arbitrary bytes; the fault injectors play misbehaving clients.
-All of it works under ``trio.testing.MockClock(autojump_threshold=0)``, so a test
-of a 30-second deadline runs in microseconds.
+connection, to send arbitrary bytes, and ``parse_responses`` checks what came back
+with a real h11 client; the fault injectors play misbehaving clients (``trickle``,
+``send_with_stall``, ``send_then_close``, ``receive_then_close``, ``reset``,
+``FailAfter``; a client that never reads is one that never calls ``receive_some``,
+since the in-memory buffers are bounded like a socket's). All of it works under
+``trio.testing.MockClock(autojump_threshold=0)``, so a test of a 30-second deadline
+runs in microseconds::
+
+    async def test_slowloris(autojump_clock):
+        async with open_connection(handler) as stream, trio.open_nursery() as nursery:
+            nursery.start_soon(trickle, stream, b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            [response] = parse_responses(await receive_all(stream))
+            assert trio.current_time() == trioserve.Config().header_timeout
+        assert response.status == 408
 """
 
 from ._client import Client as Client
