@@ -822,6 +822,39 @@ async def test_a_write_timeout_stops_the_app() -> None:
         assert server.statistics().write_timeouts == 1
 
 
+async def test_shutdown_cuts_a_slow_app_off_and_its_thread_still_ends() -> None:
+    release = threading.Event()
+    outcome: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        release.wait(PATIENCE)
+        write = start_response("200 OK", [])
+        try:
+            write(b"too late")
+        except trioserve.ClientDisconnected as exc:
+            outcome.append(exc)
+            raise
+        return []
+
+    handler = WSGIHandler(app)
+    config = trioserve.Config(shutdown_timeout=0.1)
+    with trio.fail_after(PATIENCE):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(trioserve.serve, handler, 0, host="127.0.0.1", config=config)
+            )
+            client = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+            await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await wait_for(lambda: handler.statistics().threads_busy == 1)
+            await server.shutdown()  # returns at shutdown_timeout, the app still blocked
+            assert await client.receive_some() == b""
+            await client.aclose()
+    assert server.statistics().shutdown_cutoffs == 1
+    release.set()
+    await wait_for(lambda: handler.statistics().threads_busy == 0)
+    assert len(outcome) == 1
+
+
 class SendFails(trio.abc.Stream):
     """Receives normally; every send fails, as on a connection reset mid-response."""
 

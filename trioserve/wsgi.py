@@ -236,14 +236,14 @@ class _WSGICall:
                 self._over = True
                 await self._close_body_reader()
                 return self._complete_response(message)
+            assert message.head is not None, "the first SendBody carries the head"
+            status, headers = message.head
+            return Response(status, headers=headers, body=_ResponseBody(self, message.data))
         except BaseException:
             self._over = True
             self._mailbox.hang_up(_CANCELLED)
             await self._close_body_reader()
             raise
-        assert message.head is not None, "the first SendBody carries the head"
-        status, headers = message.head
-        return Response(status, headers=headers, body=_ResponseBody(self, message.data))
 
     def _complete_response(self, message: Finished) -> Response:
         """The response of an application that finished before sending any body."""
