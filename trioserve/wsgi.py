@@ -141,9 +141,10 @@ class WSGIHandler:
 
     Resource handling:
         The iterable's ``close()`` is always called, in the application's thread. If
-        the client goes away, the application's next ``write()``, ``wsgi.input``
-        read or iteration step raises :class:`trioserve.ClientDisconnected` (caught
-        here if it escapes); see the module documentation for the details.
+        the client goes away, the iterable is not advanced again but closed (a
+        generator sees ``GeneratorExit``), and the application's next ``write()`` or
+        ``wsgi.input`` read raises :class:`trioserve.ClientDisconnected` (not logged
+        if it escapes); see the module documentation for the details.
     """
 
     __slots__ = ("_limiter", "_script_name", "app", "root_path")
