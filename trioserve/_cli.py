@@ -735,7 +735,8 @@ def plan_open_file_limit(
     Args:
         soft: the current soft limit.
         hard: the hard limit.
-        max_connections: ``Config.max_connections`` (``math.inf``: as high as allowed).
+        max_connections: ``Config.max_connections``; ``math.inf`` raises the soft
+            limit to the hard one (when that is finite) and never warns.
         unlimited: the value of ``RLIM_INFINITY`` on this system.
 
     Returns:
@@ -744,12 +745,11 @@ def plan_open_file_limit(
     """
     if soft == unlimited:
         return soft, None
-    ceiling = math.inf if hard == unlimited else hard
-    wanted = max_connections + FD_HEADROOM
-    target = min(wanted, ceiling)
-    if math.isinf(target):  # no connection cap and no hard limit: nothing to aim at
-        return soft, None
-    new_soft = max(soft, int(target))
+    if math.isinf(max_connections):
+        # No cap to make reachable: as many as allowed, and nothing to warn about.
+        return (soft if hard == unlimited else max(soft, hard)), None
+    wanted = int(max_connections) + FD_HEADROOM
+    new_soft = max(soft, wanted if hard == unlimited else min(wanted, hard))
     if new_soft >= wanted:
         return new_soft, None
     hard_text = "unlimited" if hard == unlimited else str(hard)

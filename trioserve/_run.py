@@ -135,6 +135,11 @@ async def _serve_and_report(
             failure = _ListenError(exc)
             failure.__cause__ = exc
         else:
+            # serve() starts its signal task with start_soon just before reporting the
+            # server, so it may not have installed its handlers yet; a SIGTERM sent on
+            # seeing "Serving on" would then kill the process. One checkpoint lets every
+            # task already scheduled (that one included) take its first step.
+            await trio.lowlevel.checkpoint()
             for url in server.urls:
                 print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
     # Raised here, outside the nursery, so that it is not wrapped in an exception group.
