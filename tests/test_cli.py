@@ -95,6 +95,20 @@ def test_every_config_field_has_a_flag_with_help_and_default() -> None:
     assert helps["--server-header"][1].endswith("'none' leaves it out (default: trioserve)")
 
 
+def test_readme_reference_lists_every_flag() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Command-line reference", 1)[1].split("\n### ", 1)[0]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| `")}
+    listed = {word.strip("`").split()[0] for row in rows for word in row.split(", ")}
+    flags = {
+        option
+        for action in build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    assert flags <= listed, sorted(flags - listed)
+
+
 @pytest.mark.parametrize("field", dataclasses.fields(trioserve.Config), ids=lambda f: f.name)
 def test_each_config_flag_reaches_config(field: dataclasses.Field[object]) -> None:
     typed, value = sample_value(field)
