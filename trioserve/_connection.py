@@ -1,8 +1,8 @@
 """One task per connection: the only code that reads or writes a client's stream.
 
 Rules for this module:
-1. Each phase of a connection runs under a cancel scope whose deadline governs exactly
-   that phase (Config says how long):
+1. Each phase of a connection runs under a deadline that governs exactly that phase
+   (Config says how long):
 
    ====================  ==========================================  ===============
    phase                 deadline                                    on expiry
@@ -18,6 +18,10 @@ Rules for this module:
    ====================  ==========================================  ===============
 
    The handler itself has no deadline: it is the application's business.
+   The phases of the connection task share one cancel scope whose deadline is moved
+   from phase to phase (a new scope per read or write costs three times as much);
+   ``self._phase`` says, when the scope fires, which deadline it was. Body reads,
+   which handlers may do from other tasks, get a scope of their own.
 2. Nothing here is shielded from cancellation, so shutdown and deadlines act even
    while a send is stuck on a client that does not read.
 3. The handler runs in this task (no task per request). A watcher task that notices
@@ -35,7 +39,7 @@ import logging
 import sys
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 import h11  # only for LocalProtocolError raised by body framing on our side
 import trio
@@ -70,6 +74,13 @@ LINGER_SECONDS: Final = 1.0
 LINGER_BYTES: Final = 256 * 1024
 
 _debug_enabled = error_logger.isEnabledFor
+_INF: Final = float("inf")
+
+# What the connection task is doing, so that when its scope fires we know why.
+_IDLE: Final = 0  # waiting for a request's first bytes (tracker may cancel: close)
+_HEAD: Final = 1  # receiving the rest of a request head (deadline: 408)
+_HANDLER: Final = 2  # running the handler or a streamed body (no deadline)
+_WRITE: Final = 3  # writing (deadline: abort)
 
 
 class _Abort(Exception):
@@ -85,14 +96,19 @@ class HTTPConnection:
         "_config",
         "_counters",
         "_current",
+        "_current_request",
         "_cycle",
         "_evicted",
+        "_first",
+        "_gone",
         "_handler",
-        "_handler_scope",
+        "_in_handler",
         "_nursery",
         "_peer_eof",
+        "_phase",
         "_proto",
         "_scheme",
+        "_scope",
         "_server",
         "_stream",
         "_tracker",
@@ -126,7 +142,12 @@ class HTTPConnection:
         self._peer_eof = False
         self._evicted = False
         self._body_waited = 0.0
-        self._handler_scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()  # replaced by the one serve() enters
+        self._phase = _IDLE
+        self._in_handler = False
+        self._gone = False  # the watcher cancelled the handler: the client is gone
+        self._first = True
+        self._current_request: Request | None = None
         self._watcher_wanted = False
         self._watcher_scope: trio.CancelScope | None = None
         self._watcher_done: trio.Event | None = None
@@ -146,7 +167,10 @@ class HTTPConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    graceful = await self._serve_requests()
+                    with trio.CancelScope() as self._scope:
+                        graceful = await self._serve_requests()
+                    if self._scope.cancelled_caught:
+                        graceful = await self._scope_fired()
                 except _Abort:
                     aborted = True
                 except Exception:
@@ -167,6 +191,29 @@ class HTTPConnection:
                 await self._close_gracefully()
             else:
                 await trio.aclose_forcefully(self._stream)
+
+    async def _scope_fired(self) -> bool:
+        """The connection scope was cancelled: act on the phase it caught us in.
+
+        Returns True if a response was sent (close gracefully); raises _Abort to cut
+        the connection off.
+        """
+        phase = self._phase
+        if self._gone:
+            self._client_gone(self._current_request)
+            raise _Abort
+        if phase == _IDLE:
+            # Idle too long (shutdown and eviction are seen before this can happen).
+            self._count_idle_timeout()
+            return False
+        if phase == _HEAD:
+            self._counters.count_refusal(408)
+            with trio.CancelScope() as self._scope:  # a fresh scope for the answer
+                await self._send_error(408)
+            if self._scope.cancelled_caught:
+                self._write_timed_out()
+            return True
+        self._write_timed_out()  # _WRITE (a _HANDLER phase has no deadline)
 
     async def _serve_requests(self) -> bool:
         """The request loop. Returns True if a response was sent before the close."""
@@ -209,14 +256,14 @@ class HTTPConnection:
                 # The head deadline runs from accept for a first request (the idle
                 # deadline already is accept + header_timeout), and from the first
                 # byte for later ones. Progress never extends it (slowloris).
-                if first:
-                    head_deadline = idle_deadline
-                else:
-                    head_deadline = trio.current_time() + self._config.header_timeout
+                if head is NEED_DATA:
+                    self._phase = _HEAD
+                    if not first:
+                        self._scope.deadline = trio.current_time() + self._config.header_timeout
                 while head is NEED_DATA:
-                    with trio.CancelScope(deadline=head_deadline) as scope:
-                        data = await self._stream.receive_some(RECEIVE_SIZE)
-                    if scope.cancelled_caught:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    if self._scope.cancel_called:
+                        # The deadline passed as the bytes came: too late all the same.
                         raise RequestTimeout("request head too slow")
                     if not data:
                         return None  # closed mid-head: nobody to answer
@@ -233,34 +280,41 @@ class HTTPConnection:
     async def _receive_first_bytes(self, deadline: float, *, first: bool) -> bool:
         """Wait, idle, for the first bytes of a request. False: close quietly.
 
-        The wait is registered with the tracker, which cancels it to close this
-        connection (graceful shutdown, or room needed at ``max_connections``).
-        A connection that never sent a byte by ``header_timeout`` is closed quietly
-        too (counted as a header timeout): nobody may be there to read a 408, and a
-        port scanner or a browser's speculative preconnect deserves no answer.
+        The wait is registered with the tracker, which cancels the connection scope to
+        close this connection (graceful shutdown, or room needed at
+        ``max_connections``). A connection that never sent a byte by
+        ``header_timeout`` is closed quietly too (counted as a header timeout): nobody
+        may be there to read a 408, and a port scanner or a browser's speculative
+        preconnect deserves no answer.
         """
         tracker = self._tracker
-        with trio.CancelScope(deadline=deadline) as scope:
-            tracker.enter_idle(scope)
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            finally:
-                self._evicted = tracker.leave_idle(scope)
-        if self._evicted:
-            # Closed to make room; bytes that raced the eviction are dropped, as if the
-            # close had come first.
-            return False
-        if scope.cancelled_caught:
-            if trio.current_time() >= deadline:  # not shut down: idle too long
-                if first:
-                    self._counters.header_timeouts += 1
-                else:
-                    self._counters.keep_alive_timeouts += 1
+        scope = self._scope
+        self._phase = _IDLE
+        self._first = first
+        scope.deadline = deadline
+        tracker.enter_idle(scope)
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        finally:
+            self._evicted = tracker.leave_idle(scope)
+        if scope.cancel_called:
+            # Evicted, shut down, or timed out just as bytes came: the close won the
+            # race, and the bytes are dropped as if it had come first.
+            if not self._evicted:
+                self._count_idle_timeout()
             return False
         if not data:
             return False
         self._proto.receive_data(data)
         return True
+
+    def _count_idle_timeout(self) -> None:
+        if self._tracker.shutting_down or self._evicted:
+            return
+        if self._first:
+            self._counters.header_timeouts += 1
+        else:
+            self._counters.keep_alive_timeouts += 1
 
     # --- One request/response exchange ---------------------------------------------------
 
@@ -281,6 +335,7 @@ class HTTPConnection:
             body=exchange,
             shutdown_event=self._tracker.shutdown_event,
         )
+        self._current_request = request
         try:
             return await self._respond(request, last=last)
         finally:
@@ -343,21 +398,20 @@ class HTTPConnection:
 
     async def _call_handler(self, request: Request) -> object:
         """Run the handler in this task; cancelled if the client vanishes meanwhile."""
+        self._phase = _HANDLER
         self._watcher_wanted = True
-        with trio.CancelScope() as scope:
-            self._handler_scope = scope
-            try:
-                awaitable = self._handler(request)
-                if isinstance(awaitable, Coroutine):
-                    return await _run_inline(awaitable, self._on_handler_suspend)
-                return await awaitable
-            finally:
-                self._handler_scope = None
-                self._watcher_wanted = False
-        # Only the watcher cancels this scope: the client is gone.
-        raise ClientDisconnected("client went away while the handler ran")
+        self._in_handler = True
+        try:
+            awaitable = self._handler(request)
+            if type(awaitable) is types.CoroutineType or isinstance(awaitable, Coroutine):
+                return await _run_inline(awaitable, self._on_handler_suspend)
+            self._on_handler_suspend()
+            return await awaitable
+        finally:
+            self._in_handler = False
+            self._watcher_wanted = False
 
-    def _client_gone(self, request: Request) -> None:
+    def _client_gone(self, request: Request | None) -> None:
         self._counters.client_disconnects += 1
         if _debug_enabled(logging.DEBUG):
             error_logger.debug("client %s went away during %r", self._client, request)
@@ -365,8 +419,13 @@ class HTTPConnection:
     # --- Watching for a vanished client while the handler runs -------------------------
 
     def _on_handler_suspend(self) -> None:
-        # Called each time the handler yields to trio. Start the watcher once the body
-        # is complete: before that, the body reads themselves notice a vanished client.
+        # Called each time the handler yields to trio. The idle or head deadline still
+        # set on the scope cannot fire before the handler's first checkpoint, so it is
+        # lifted only now: a handler that answers at once costs no deadline move.
+        if self._scope.deadline != _INF:
+            self._scope.deadline = _INF
+        # Start the watcher once the body is complete: before that, the body reads
+        # themselves notice a vanished client.
         if self._watcher_wanted and self._proto.body_complete and not self._peer_eof:
             self._watcher_wanted = False
             assert self._nursery is not None
@@ -400,8 +459,9 @@ class HTTPConnection:
         # EOF behind pipelined requests is a half-close: they are still answered.
         if self._proto.has_pipelined_data:
             return
-        if self._handler_scope is not None:
-            self._handler_scope.cancel()
+        if self._in_handler:
+            self._gone = True
+            self._scope.cancel()
         if self._current is not None:
             self._current.end()
 
@@ -433,7 +493,7 @@ class HTTPConnection:
                 return chunk
             if proto.they_are_waiting_for_100_continue:
                 counters.responses_1xx += 1
-                await self._send(proto.informational_continue())
+                await self._send_continue(proto.informational_continue())
             await self._receive_body_bytes()
 
     async def _receive_body_bytes(self) -> None:
@@ -526,6 +586,8 @@ class HTTPConnection:
                         sent += len(chunk)
                         for piece in proto.send_data(chunk):
                             await self._send(piece)
+                        # The body may take its time to produce the next chunk.
+                        self._scope.deadline = _INF
                 await self._send(proto.end_response())
             finally:
                 await _aclose_iterable(body)
@@ -559,34 +621,50 @@ class HTTPConnection:
         )
 
     async def _send(self, data: bytes) -> None:
-        """Write under the write deadline; a stuck or broken client aborts."""
+        """Write under the write deadline (the connection scope, in the _WRITE phase).
+
+        Large data goes in WRITE_CHUNK pieces, each with a fresh deadline. A broken
+        client aborts here; a stuck one makes the scope fire (see _scope_fired).
+        """
+        scope = self._scope
         timeout = self._config.write_timeout
+        phase = self._phase
+        self._phase = _WRITE
         try:
             if len(data) <= WRITE_CHUNK:
-                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                    await self._stream.send_all(data)
-                if not scope.cancelled_caught:
-                    return
+                scope.deadline = trio.current_time() + timeout
+                await self._stream.send_all(data)
             else:
                 view = memoryview(data)
                 for offset in range(0, len(view), WRITE_CHUNK):
-                    with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                        await self._stream.send_all(view[offset : offset + WRITE_CHUNK])
-                    if scope.cancelled_caught:
-                        break
-                else:
-                    return
+                    scope.deadline = trio.current_time() + timeout
+                    await self._stream.send_all(view[offset : offset + WRITE_CHUNK])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._proto.send_failed()
             self._counters.client_disconnects += 1
             if _debug_enabled(logging.DEBUG):
                 error_logger.debug("client %s went away while we wrote", self._client)
             raise _Abort from None
+        self._phase = phase
+
+    def _write_timed_out(self) -> NoReturn:
         self._proto.send_failed()
         self._counters.write_timeouts += 1
         if _debug_enabled(logging.DEBUG):
             error_logger.debug("client %s stopped reading; aborting", self._client)
         raise _Abort
+
+    async def _send_continue(self, data: bytes) -> None:
+        """Send ``100 Continue``, maybe from a handler's own task: its own scope."""
+        with trio.move_on_after(self._config.write_timeout) as scope:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._peer_gone()
+                raise ClientDisconnected("connection lost before 100 Continue") from exc
+        if scope.cancelled_caught:
+            self._counters.write_timeouts += 1
+            raise ClientDisconnected("client does not read its 100 Continue")
 
     async def _send_error(self, status: int) -> None:
         """Send a complete error response with ``Connection: close``, if still possible."""
