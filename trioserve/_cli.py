@@ -11,7 +11,7 @@ Rules for this module:
    fails, a factory that raises) is logged on ``trioserve.error`` at DEBUG, so
    ``--log-level debug`` shows it.
 3. It is built on the public surface: :func:`trioserve.run` and the adapters.
-   Nothing imports this module but ``__main__``.
+   Only ``__main__`` and the ``trioserve`` console script import this module.
 """
 
 from __future__ import annotations
@@ -483,7 +483,8 @@ def _root_path(text: str) -> str:
 # --- Logging ------------------------------------------------------------------------------
 
 
-class _CLIHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+# StreamHandler[TextIO] would fail at run time on Python 3.10 (generic from 3.11 on).
+class _CLIHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The command line's handler, told apart so a second setup replaces it."""
 
 

@@ -156,9 +156,9 @@ def describe_exception(exc: BaseException) -> str:
     location is the innermost frame of the traceback (for a ``SyntaxError``, the
     offending line), relative to the current directory when below it.
     """
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, SyntaxError) and exc.filename is not None:
         return f"{type(exc).__name__}: {exc.msg} ({_location(exc.filename, exc.lineno)})"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
