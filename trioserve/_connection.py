@@ -36,7 +36,6 @@ Rules for this module:
 from __future__ import annotations
 
 import logging
-import sys
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
 from typing import Final, NoReturn, TypeVar
@@ -45,16 +44,13 @@ import h11  # only for LocalProtocolError raised by body framing on our side
 import trio
 
 from ._config import Config
-from ._errors import ClientDisconnected, HTTPError, RequestTimeout
+from ._errors import ClientDisconnected, HTTPError, RequestTimeout, single_leaf
 from ._headers import Headers
 from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access
 from ._request import Request
 from ._response import Response
 from ._tracker import ConnectionTracker
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["HTTPConnection", "Handler"]
 
@@ -264,7 +260,8 @@ class HTTPConnection:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                     if self._scope.cancel_called:
                         # The deadline passed as the bytes came: too late all the same.
-                        raise RequestTimeout("request head too slow")
+                        # Deliver the cancellation now, in the _HEAD phase (408).
+                        await trio.lowlevel.checkpoint()
                     if not data:
                         return None  # closed mid-head: nobody to answer
                     proto.receive_data(data)
@@ -350,7 +347,7 @@ class HTTPConnection:
         except _Abort:
             raise
         except BaseException as raised:
-            exc = _single_leaf(raised)
+            exc = single_leaf(raised)
             if isinstance(exc, HTTPError):
                 await self._send_error(exc.status_code)
                 self._log_access(request, exc.status_code, 0, started)
@@ -562,21 +559,26 @@ class HTTPConnection:
                     await self._send(piece)
                 await self._send(proto.end_response())
             return len(body)
-        head, body_allowed = proto.start_response(
-            response.status, response.headers, None, close=close
-        )
-        await self._send(head)
-        if not body_allowed:
-            await _aclose_iterable(body)
-            await self._send(proto.end_response())
-            return 0
-        return await self._send_streamed(request, body)
+        return await self._send_streamed(request, response.status, response.headers, body, close)
 
-    async def _send_streamed(self, request: Request, body: AsyncIterable[bytes]) -> int:
+    async def _send_streamed(
+        self,
+        request: Request,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes],
+        close: bool,
+    ) -> int:
+        """Send a head and a streamed body; the body is closed whatever happens."""
         proto = self._proto
         sent = 0
         try:
             try:
+                head, body_allowed = proto.start_response(status, headers, None, close=close)
+                await self._send(head)
+                if not body_allowed:  # HEAD, 204, 304: the body is never iterated
+                    await self._send(proto.end_response())
+                    return 0
                 async for chunk in body:
                     if not isinstance(chunk, bytes):
                         raise TypeError(
@@ -774,13 +776,6 @@ def _run_inline(
             raise
         except BaseException as exc:
             to_throw = exc
-
-
-def _single_leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (nurseries wrap errors)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:

@@ -10,6 +10,11 @@ Rules for this module:
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = [
     "BadRequest",
     "ClientDisconnected",
@@ -83,3 +88,11 @@ class ClientDisconnected(Exception):
     Raised into a handler that reads the body of a request whose client is gone. The
     server treats it as a normal event: one DEBUG log line, no traceback.
     """
+
+
+def single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio's nurseries wrap
+    what their bodies raise), or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -132,8 +132,9 @@ class HTTP11Protocol:
             config.server_header.encode("ascii") if config.server_header is not None else None
         )
         self._conn = self._new_h11()
-        # Bytes of the request head being received (None once it has been parsed).
-        self._head_buf: bytearray | None = bytearray()
+        # Bytes of the request head being received (None once it has been parsed):
+        # the first read as received (no copy, the common case), a bytearray after.
+        self._head_buf: bytes | bytearray | None = b""
         self._method = b""
         self._declared_length: int | None = None
         self._body_received = 0
@@ -146,9 +147,18 @@ class HTTP11Protocol:
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes received from the client (``b""`` for EOF)."""
-        self._conn.receive_data(bytes(data) if type(data) is not bytes else data)
-        if self._head_buf is not None:
-            self._head_buf += data
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._conn.receive_data(data)
+        buf = self._head_buf
+        if buf is None:
+            return
+        if not buf:
+            self._head_buf = data
+        elif type(buf) is bytearray:
+            buf += data
+        else:
+            self._head_buf = bytearray(buf) + data
 
     @property
     def has_partial_request(self) -> bool:
@@ -198,7 +208,7 @@ class HTTP11Protocol:
         buf = self._head_buf
         return buf is not None and b"\n" not in buf[: int(self._max_target_length) + 64]
 
-    def _check_head(self, event: h11.Request, head_buf: bytearray | None) -> RequestHead:
+    def _check_head(self, event: h11.Request, head_buf: bytes | bytearray | None) -> RequestHead:
         # Step 1: only HTTP/1.x is spoken here (the HTTP/2 preface "PRI * HTTP/2.0"
         # parses as a request line and ends here too). RFC 9110 15.6.6.
         version = event.http_version
@@ -235,7 +245,7 @@ class HTTP11Protocol:
         # Content-Length fields, and a head over max_header_size that arrived in one
         # read (h11 enforces max_incomplete_event_size only on incomplete heads).
         if head_buf is not None:
-            _check_raw_head(head_buf, self._max_header_size)
+            _check_raw_head(head_buf, self._max_header_size, has_length)
         # Step 4: a declared body over the limit is refused before any of it is read
         # and before any 100 Continue.
         self._method = event.method
@@ -376,7 +386,13 @@ class HTTP11Protocol:
         self._http10_keep_alive = keep_http10
         if close:
             out.append((b"connection", b"close"))
-        event = h11.Response(status_code=status, headers=out, reason=reason_phrase(status))
+        # Every header here is valid already: the handler's were checked when its
+        # Response was built, ours are made valid. ``_parsed=True`` tells h11 so and
+        # spares a second regex pass per header (h11 still lower-cases names and
+        # checks the framing headers); it is how h11 builds the events it parses.
+        event = h11.Response(
+            status_code=status, headers=out, reason=reason_phrase(status), _parsed=True
+        )
         head = self._conn.send(event) or b""
         if keep_http10:
             head = _http10_keep_alive_head(head)
@@ -416,7 +432,7 @@ class HTTP11Protocol:
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            self._head_buf = bytearray(conn.trailing_data[0])
+            self._head_buf = conn.trailing_data[0]
             self._method = b""
             return True
         if self._http10_keep_alive and conn.our_state is h11.MUST_CLOSE:
@@ -427,7 +443,7 @@ class HTTP11Protocol:
             if closed:
                 return False
             self._conn = self._new_h11()
-            self._head_buf = bytearray()
+            self._head_buf = b""
             self._method = b""
             if leftover:  # receive_data(b"") would tell the new h11 the peer sent EOF
                 self.receive_data(leftover)
@@ -435,7 +451,12 @@ class HTTP11Protocol:
         return False
 
 
-def _check_raw_head(buf: bytearray, max_header_size: int) -> None:
+def _check_raw_head(buf: bytes | bytearray, max_header_size: int, has_length: bool) -> None:
+    # The common case costs two substring scans: no line starts with whitespace, no
+    # Content-Length to count (h11 shows one if the head had any), and the bytes
+    # received, head and all, are within the limit.
+    if len(buf) <= max_header_size and not has_length and b"\n " not in buf and b"\n\t" not in buf:
+        return
     end = _END_OF_HEAD_RE.search(buf)
     head = buf if end is None else memoryview(buf)[: end.end()]
     if len(head) > max_header_size:

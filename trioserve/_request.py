@@ -11,7 +11,7 @@ Rules for this module:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
@@ -163,7 +163,7 @@ class Request:
         """
         await self._source.wait_disconnected()
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self) -> AsyncGenerator[bytes, None]:
         """Yield the body piece by piece as it arrives; a piece is never empty.
 
         The server reads from the client only when the next piece is asked for, and

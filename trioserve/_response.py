@@ -9,8 +9,10 @@ Rules for this module:
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, Iterable
 from http import HTTPStatus
+from typing import Final
 
 __all__ = ["Response"]
 
@@ -35,7 +37,8 @@ class Response:
         Response(200, headers=[("content-type", "text/plain")], body="hello")
 
     Raises:
-        ValueError: the status is out of range.
+        ValueError: the status is out of range, or a header name or value is not
+            valid HTTP (RFC 9110 5.1, 5.5: a CR, LF or NUL in a value, for example).
         TypeError: the body or a header has the wrong type.
     """
 
@@ -57,8 +60,10 @@ class Response:
         if not 200 <= status <= 999:
             raise ValueError(f"status must be from 200 to 999, not {status}")
         self.status = status
-        self.headers = [(_header_bytes(name), _header_bytes(value)) for name, value in headers]
-        if isinstance(body, str):
+        self.headers = [_header_pair(name, value) for name, value in headers]
+        if type(body) is bytes:
+            pass
+        elif isinstance(body, str):
             body = body.encode("utf-8")
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
@@ -81,9 +86,30 @@ def reason_phrase(status: int) -> bytes:
 _REASONS = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 
 
+# RFC 9110 5.1 (a field name is a token) and 5.5 (a field value is visible characters
+# and obs-text, with single spaces or tabs inside; no CR, LF or NUL: no header
+# injection). The same rules h11 applies; checking them here makes a bad header an
+# error in the handler that built it, answered with a 500, never a broken response.
+_FIELD_NAME_RE: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE_RE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
+
+def _header_pair(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
+    raw_name = _header_bytes(name)
+    raw_value = _header_bytes(value).strip(b" \t")
+    if _FIELD_NAME_RE.fullmatch(raw_name) is None:
+        raise ValueError(f"invalid header name {raw_name!r}")
+    if _FIELD_VALUE_RE.fullmatch(raw_value) is None:
+        raise ValueError(f"invalid value for header {raw_name!r}: {raw_value!r}")
+    return raw_name, raw_value
+
+
 def _header_bytes(value: str | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode("latin-1")
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"header text must be ISO-8859-1, not {value!r}") from None
     raise TypeError(f"header names and values must be str or bytes, not {type(value).__name__}")

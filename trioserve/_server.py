@@ -25,8 +25,12 @@ import trio
 
 from ._config import Config
 from ._connection import Handler, HTTPConnection
+from ._errors import single_leaf
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Lifespan", "Server", "ShutdownTrigger", "StartupError", "serve"]
 
@@ -367,17 +371,28 @@ async def serve(
     """
     config = config if config is not None else Config()
     server = Server(handler, config)
-    async with _enter_lifespan(lifespan):
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_listeners, listeners)
-            if shutdown_trigger is not None:
-                nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
-            if handle_signals:
-                nursery.start_soon(_shutdown_on_signals, server, nursery.cancel_scope)
-            task_status.started(server)
-            await server.wait_finished()
-            nursery.cancel_scope.cancel()
+    try:
+        async with _enter_lifespan(lifespan):
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_listeners, listeners)
+                if shutdown_trigger is not None:
+                    nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
+                if handle_signals:
+                    # Installed before we report that we serve: a SIGTERM sent the moment
+                    # a supervisor sees us listening must drain, not kill. (Before this,
+                    # during a slow startup, the default actions still apply.)
+                    await nursery.start(_shutdown_on_signals, server, nursery.cancel_scope)
+                task_status.started(server)
+                await server.wait_finished()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A nursery wraps what its body raised; a failure to bind or to start is the
+        # caller's to handle, as documented, so it is re-raised as itself.
+        failure = single_leaf(group)
+        if isinstance(failure, (OSError, StartupError)):
+            raise failure from None
+        raise
 
 
 class StartupError(Exception):
@@ -415,8 +430,14 @@ async def _shutdown_on_trigger(server: Server, trigger: ShutdownTrigger) -> None
     await server.shutdown()
 
 
-async def _shutdown_on_signals(server: Server, serving: trio.CancelScope) -> None:
+async def _shutdown_on_signals(
+    server: Server,
+    serving: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()  # the handlers are installed
         async for signum in signals:
             name = signal.Signals(signum).name
             if not server.shutting_down:
