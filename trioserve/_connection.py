@@ -59,6 +59,9 @@ T = TypeVar("T")
 
 #: Bytes asked of the stream per read (trio's own default for SocketStream).
 RECEIVE_SIZE: Final = 65536
+#: Bytes asked per read of a large request body: four times fewer reads (and h11
+#: rounds) per megabyte, as asyncio's transports read (256 KiB).
+BODY_RECEIVE_SIZE: Final = 256 * 1024
 #: Large bodies are written in pieces of this size, each under its own write deadline,
 #: so ``write_timeout`` measures lack of progress rather than total transfer time.
 WRITE_CHUNK: Final = 256 * 1024
@@ -508,7 +511,7 @@ class HTTPConnection:
             allowed = min(allowed, earned - self._body_waited)
         try:
             with trio.CancelScope(deadline=now + max(allowed, 0.0)) as scope:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._stream.receive_some(BODY_RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._peer_gone()
             raise ClientDisconnected("connection lost mid-body") from exc

@@ -177,6 +177,8 @@ class HTTP11Protocol:
             HTTPError: the head is malformed (400), too large (414, 431), frames its
                 body ambiguously (400), or is not HTTP/1.x (505).
         """
+        if not self._head_buf:
+            return NEED_DATA  # nothing received yet: no need to ask h11
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
