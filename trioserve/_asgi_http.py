@@ -121,10 +121,8 @@ class HTTPCycle:
                 application returned without responding.
         """
         try:
-            while not self._ready:
-                # Woken when the response is ready, and once more if the application
-                # waits for http.disconnect (see _watch_client).
-                wake = self._wake = trio.Event()
+            if not self._ready:
+                wake = self._wake = trio.Event()  # set when the response is ready
                 await wake.wait()
         except BaseException:
             # Cancelled: the engine noticed that the client went away, or the server
@@ -256,7 +254,8 @@ class HTTPCycle:
         if not self._request_done and self._state < _COMPLETE:
             return await self._receive_body()
         if self._state != _ABORTED:
-            self._watch_client()
+            # The engine starts watching the connection for us now (the handler says
+            # watch_disconnect = False: most applications never ask).
             await self.request.wait_disconnected()
             if self._state < _COMPLETE:
                 # The exchange ended before the response did: the client is gone.
@@ -300,19 +299,6 @@ class HTTPCycle:
 
     def _body_complete(self) -> None:
         self._request_done = True
-
-    def _watch_client(self) -> None:
-        """Have the engine watch for a vanished client while the handler waits.
-
-        The engine starts its watcher (a task that reads the connection) when the
-        handler suspends after the request body is complete. Most applications answer
-        without ever asking about the client, so the handler's one suspension happens
-        before the body is taken and no watcher is started. An application that
-        waits for ``http.disconnect`` (a long poll) wants one: the handler is woken to
-        suspend anew, now with the body complete.
-        """
-        if not self._ready and self._wake is not None and not self._wake.is_set():
-            self._wake.set()
 
     # --- send() ----------------------------------------------------------------------
 

@@ -90,6 +90,7 @@ class HTTPConnection:
     """Serves HTTP/1.1 on one stream until it closes. Build one per connection."""
 
     __slots__ = (
+        "_auto_watch",
         "_body_waited",
         "_client",
         "_config",
@@ -111,6 +112,7 @@ class HTTPConnection:
         "_server",
         "_stream",
         "_tracker",
+        "_watch_allowed",
         "_watcher_done",
         "_watcher_scope",
         "_watcher_wanted",
@@ -148,6 +150,11 @@ class HTTPConnection:
         self._first = True
         self._current_request: Request | None = None
         self._watcher_wanted = False
+        self._watch_allowed = False  # from the handler's start until its response is out
+        # Adapters whose applications learn of a vanished client their own way (ASGI's
+        # http.disconnect) set ``watch_disconnect = False`` on the handler: the watcher
+        # is then started only when someone calls Request.wait_disconnected().
+        self._auto_watch = bool(getattr(handler, "watch_disconnect", True))
         self._watcher_scope: trio.CancelScope | None = None
         self._watcher_done: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -399,7 +406,8 @@ class HTTPConnection:
     async def _call_handler(self, request: Request) -> object:
         """Run the handler in this task; cancelled if the client vanishes meanwhile."""
         self._phase = _HANDLER
-        self._watcher_wanted = True
+        self._watcher_wanted = self._auto_watch
+        self._watch_allowed = True
         self._in_handler = True
         try:
             awaitable = self._handler(request)
@@ -426,8 +434,24 @@ class HTTPConnection:
             self._scope.deadline = _INF
         # Start the watcher once the body is complete: before that, the body reads
         # themselves notice a vanished client.
-        if self._watcher_wanted and self._proto.body_complete and not self._peer_eof:
+        if self._watcher_wanted and self._proto.body_complete:
             self._watcher_wanted = False
+            self._start_watcher()
+
+    def watch_exchange(self, cycle: int) -> None:
+        """Someone waits for exchange ``cycle``'s client to go away: watch for it."""
+        if cycle == self._cycle:
+            self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        # Only while the exchange runs and the body is in (until then the body reads
+        # notice a vanished client, and only one task may read the stream at a time).
+        if (
+            self._watcher_scope is None
+            and self._watch_allowed
+            and self._proto.body_complete
+            and not self._peer_eof
+        ):
             assert self._nursery is not None
             self._watcher_scope = trio.CancelScope()
             self._watcher_done = trio.Event()
@@ -466,6 +490,7 @@ class HTTPConnection:
             self._current.end()
 
     async def _stop_watcher(self) -> None:
+        self._watch_allowed = False
         scope, done = self._watcher_scope, self._watcher_done
         if scope is not None and done is not None:
             self._watcher_scope = self._watcher_done = None
@@ -739,6 +764,7 @@ class _Exchange:
         if self._over:
             await trio.lowlevel.checkpoint()
             return
+        self._connection.watch_exchange(self._cycle)
         if self._over_event is None:
             self._over_event = trio.Event()
         await self._over_event.wait()

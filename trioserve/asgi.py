@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Final, get_args
+from typing import ClassVar, Final, get_args
 from urllib.parse import quote
 
 import trio
@@ -120,6 +120,12 @@ class ASGIHandler:
     Raises:
         ValueError: ``lifespan`` is not ``"auto"``, ``"on"`` or ``"off"``.
     """
+
+    #: Tells the engine not to start its disconnect watcher whenever this handler
+    #: waits: ASGI applications learn that their client left from ``receive()``
+    #: (``http.disconnect``), which asks the engine to watch only then. Most requests
+    #: never ask, and a watcher is a task and a read per request.
+    watch_disconnect: ClassVar[bool] = False
 
     __slots__ = (
         "_apps",
