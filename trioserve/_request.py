@@ -84,12 +84,11 @@ class Request:
         "_query",
         "_shutdown",
         "_source",
+        "_split",
         "client",
         "headers",
         "http_version",
         "method",
-        "query_string",
-        "raw_path",
         "scheme",
         "server",
         "target",
@@ -120,7 +119,21 @@ class Request:
         self._body_consumed = False
         self._path: str | None = None
         self._query: dict[str, list[str]] | None = None
-        self.raw_path, self.query_string = _split_target(target)
+        self._split: tuple[bytes, bytes] | None = None
+
+    @property
+    def raw_path(self) -> bytes:
+        return self._split_target()[0]
+
+    @property
+    def query_string(self) -> bytes:
+        return self._split_target()[1]
+
+    def _split_target(self) -> tuple[bytes, bytes]:
+        split = self._split
+        if split is None:
+            split = self._split = _split_target(self.target)
+        return split
 
     @property
     def path(self) -> str:
