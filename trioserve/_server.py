@@ -42,7 +42,10 @@ ShutdownTrigger = trio.Event | Callable[[], Awaitable[object]]
 error_logger = logging.getLogger("trioserve.error")
 
 #: Connections taken from the backlog per readiness before yielding to the scheduler.
-ACCEPT_BATCH: Final = 64
+#: Each scheduler pass serves every connection already accepted, so a burst taken 64
+#: at a time waited 16 passes for its last accept: wrk with 1000 connections measured
+#: p99 594-774 ms at 64 and about 405 ms at 1024 (a pass of accepting costs ~20 ms).
+ACCEPT_BATCH: Final = 1024
 #: Out of file descriptors or memory: wait this long before accepting again (as trio).
 ACCEPT_BACKOFF: Final = 0.1
 _RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
