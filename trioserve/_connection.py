@@ -219,7 +219,11 @@ class HTTPConnection:
             if self._scope.cancelled_caught:
                 self._write_timed_out()
             return True
-        self._write_timed_out()  # _WRITE (a _HANDLER phase has no deadline)
+        if phase == _WRITE:
+            self._write_timed_out()
+        # A _HANDLER phase has no deadline and only the watcher (handled above) cancels
+        # it: reaching here is a bug of ours, which serve() logs and survives.
+        raise AssertionError(f"connection scope fired in phase {phase}")
 
     async def _serve_requests(self) -> bool:
         """The request loop. Returns True if a response was sent before the close."""
@@ -400,6 +404,7 @@ class HTTPConnection:
         if close or (self._peer_eof and not proto.has_pipelined_data):
             return False
         if not proto.body_complete:
+            self._scope.deadline = _INF  # the drain has body deadlines of its own
             return await self._drain_body()
         return True
 
@@ -607,6 +612,10 @@ class HTTPConnection:
                 if not body_allowed:  # HEAD, 204, 304: the body is never iterated
                     await self._send(proto.end_response())
                     return 0
+                # The body may take its time to produce each chunk: no write deadline
+                # while it does (the handler's work is not the client's slowness).
+                scope = self._scope
+                scope.deadline = _INF
                 async for chunk in body:
                     if not isinstance(chunk, bytes):
                         raise TypeError(
@@ -616,8 +625,7 @@ class HTTPConnection:
                         sent += len(chunk)
                         for piece in proto.send_data(chunk):
                             await self._send(piece)
-                        # The body may take its time to produce the next chunk.
-                        self._scope.deadline = _INF
+                        scope.deadline = _INF
                 await self._send(proto.end_response())
             finally:
                 await _aclose_iterable(body)
@@ -675,6 +683,11 @@ class HTTPConnection:
             if _debug_enabled(logging.DEBUG):
                 error_logger.debug("client %s went away while we wrote", self._client)
             raise _Abort from None
+        if scope.cancel_called:
+            # The deadline passed as the last bytes went out (send_all does not look
+            # for cancellation after its last send). Deliver it now, in the _WRITE
+            # phase, rather than in whatever phase comes next (a next handler!).
+            await trio.lowlevel.checkpoint()
         self._phase = phase
 
     def _write_timed_out(self) -> NoReturn:

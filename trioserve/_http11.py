@@ -234,7 +234,8 @@ class HTTP11Protocol:
             elif name == b"transfer-encoding":
                 has_te = True
             elif name == b"host":
-                hosts += 1
+                # "Host: a, b" is two values in one line: as bad as two lines.
+                hosts += 1 + value.count(b",")
             elif name == b"connection":
                 connection_tokens += b"," + value.lower()
         if has_length and has_te:
@@ -243,6 +244,10 @@ class HTTP11Protocol:
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if hosts > 1:
             raise BadRequest("more than one Host header field")
+        # A server that cannot tunnel answers CONNECT with 501 (RFC 9110 9.3.6, 15.6.2);
+        # letting a handler answer 2xx would make h11 switch protocols mid-response.
+        if event.method == b"CONNECT":
+            raise HTTPError("CONNECT is not supported", status_code=501)
         # Step 3: what h11 smoothed over in the raw bytes: obs-fold, repeated
         # Content-Length fields, and a head over max_header_size that arrived in one
         # read (h11 enforces max_incomplete_event_size only on incomplete heads).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import socket
 import sys
@@ -23,6 +22,7 @@ import trio
 
 from ._config import Config
 from ._connection import Handler
+from ._logging import error_logger
 from ._server import Lifespan, Server, StartupError, serve
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -30,7 +30,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "describe_exception", "run"]
 
-error_logger = logging.getLogger("trioserve.error")
 
 #: Exit statuses of :func:`run` (and of the command line).
 EXIT_OK: Final = 0
@@ -135,11 +134,7 @@ async def _serve_and_report(
             failure = _ListenError(exc)
             failure.__cause__ = exc
         else:
-            # serve() starts its signal task with start_soon just before reporting the
-            # server, so it may not have installed its handlers yet; a SIGTERM sent on
-            # seeing "Serving on" would then kill the process. One checkpoint lets every
-            # task already scheduled (that one included) take its first step.
-            await trio.lowlevel.checkpoint()
+            # serve() installed its signal handlers before reporting the server.
             for url in server.urls:
                 print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
     # Raised here, outside the nursery, so that it is not wrapped in an exception group.

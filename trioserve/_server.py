@@ -13,7 +13,6 @@ Rules for this module:
 from __future__ import annotations
 
 import errno
-import logging
 import signal
 import socket as stdlib_socket
 import sys
@@ -26,6 +25,7 @@ import trio
 from ._config import Config
 from ._connection import Handler, HTTPConnection
 from ._errors import single_leaf
+from ._logging import error_logger
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
 
@@ -39,7 +39,6 @@ Lifespan = Callable[[], AbstractAsyncContextManager[object]]
 #: ``serve(shutdown_trigger=...)``: an event to wait for, or an async callable.
 ShutdownTrigger = trio.Event | Callable[[], Awaitable[object]]
 
-error_logger = logging.getLogger("trioserve.error")
 
 #: Connections taken from the backlog per readiness before yielding to the scheduler.
 #: Each scheduler pass serves every connection already accepted, so a burst taken 64
@@ -441,9 +440,12 @@ async def _shutdown_on_signals(
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()  # the handlers are installed
+        received = 0
         async for signum in signals:
             name = signal.Signals(signum).name
-            if not server.shutting_down:
+            received += 1
+            # The first signal is graceful even if a shutdown began another way.
+            if received == 1:
                 error_logger.info("%s received: shutting down gracefully", name)
                 server._begin_shutdown()
             else:
