@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import trioserve
-from trioserve.testing import open_client, open_connection, receive_all
+from trioserve.testing import open_client, open_connection, receive_all, stream_pair
 from trioserve.wsgi import WSGIHandler, WSGIStatistics
 
 from .wsgi_apps import flask_app
@@ -853,6 +853,47 @@ async def test_shutdown_cuts_a_slow_app_off_and_its_thread_still_ends() -> None:
     release.set()
     await wait_for(lambda: handler.statistics().threads_busy == 0)
     assert len(outcome) == 1
+
+
+async def test_a_connection_cancelled_mid_body_read_still_frees_the_thread() -> None:
+    """The connection task is cancelled (a hard stop, the shutdown cut-off, or the
+    embedding program cancelling serve) while the thread waits in ``wsgi.input``: its
+    read was taken off the mailbox but never answered. It must still be answered,
+    else the thread and its limiter token leak for good; with ``max_threads=1`` the
+    next request would then wait for a thread forever."""
+    errors: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        assert hasattr(stream, "read")
+        try:
+            body = stream.read()
+        except trioserve.ClientDisconnected as exc:
+            errors.append(exc)
+            raise
+        start_response("200 OK", [])
+        return [body]
+
+    handler = WSGIHandler(app, max_threads=1)
+    server = trioserve.Server(handler)
+    client, server_end = stream_pair()
+    with trio.fail_after(PATIENCE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve_connection, server_end)
+            await client.send_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            )
+            # 100 Continue goes out on the body's first read: the connection task
+            # has taken the thread's read and now waits for bytes that never come.
+            assert (await client.receive_some()).startswith(b"HTTP/1.1 100 ")
+            nursery.cancel_scope.cancel()
+    await wait_for(lambda: handler.statistics().threads_busy == 0)
+    [error] = errors
+    assert isinstance(error, trioserve.ClientDisconnected)
+    async with open_client(handler) as http:
+        with trio.fail_after(PATIENCE):
+            response = await http.post("/", body=b"next")
+    assert (response.status, response.body) == (200, b"next")
 
 
 class SendFails(trio.abc.Stream):

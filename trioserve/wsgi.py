@@ -38,8 +38,10 @@ deadlines. How the two sides meet:
    its own only as a last resort, when the connection task itself is cancelled
    (the client vanished while the application computed its head, or the shutdown
    deadline passed): it cannot wait then, and the thread still stops at its next
-   read or write. Like a native handler, the application's own code has no deadline:
-   a thread stuck in ``time.sleep()`` holds its limiter token until it returns.
+   read or write, or at once if it is blocked in one, even a ``wsgi.input`` read
+   whose body bytes the cancelled task was still waiting for. Like a native
+   handler, the application's own code has no deadline: a thread stuck in
+   ``time.sleep()`` holds its limiter token until it returns.
 """
 
 from __future__ import annotations
@@ -300,7 +302,12 @@ class _WSGICall:
         """Answer the application's body reads until it sends body or finishes."""
         mailbox = self._mailbox
         while True:
-            message = await mailbox.inbox.receive()
+            # A cancellation anywhere in here, even inside _read_body with a
+            # ReadBody taken and not yet answered, is safe: every way out hangs the
+            # mailbox up (start()'s except, or end()/abandon() for the body), and
+            # hang_up answers the message in flight too, so the thread never waits
+            # forever holding its limiter token.
+            message = await mailbox.receive()
             if isinstance(message, ReadBody):
                 mailbox.answer(await self._read_body())
                 continue
