@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ import trio
 import trio.testing
 
 import trioserve
+import trioserve._asgi_http
 from tests.asgi_apps.serving import serve_asgi
 from trioserve.asgi import (
     ABANDON_GRACE,
@@ -31,7 +34,7 @@ from trioserve.asgi import (
     Scope,
     Send,
 )
-from trioserve.testing import open_connection, parse_responses, receive_all
+from trioserve.testing import open_connection, parse_responses, receive_all, stream_pair
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -152,6 +155,63 @@ async def test_pathsend(tmp_path: Path) -> None:
     async with serve_asgi(app) as client:
         response = await client.get("/")
     assert response.content == path.read_bytes()
+
+
+async def test_pathsend_aborted_while_the_file_opens_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is cancelled (a hard stop, the shutdown cut-off) while the file
+    is being opened in its thread: the file must be closed, not leaked, and send()
+    must tell the application that the client is gone."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 10)
+    release = threading.Event()
+    opened: list[IO[bytes]] = []
+
+    def gated_open(file: str, mode: str) -> IO[bytes]:
+        # An open that blocks (an NFS server), until the test has aborted the exchange.
+        release.wait(5)
+        handle = open(file, mode)  # the adapter owns (and must close) it from here
+        opened.append(handle)
+        return handle
+
+    # The adapter looks the builtin up as a module global, so a global shadows it.
+    monkeypatch.setattr(trioserve._asgi_http, "open", gated_open, raising=False)
+    sending = trio.Event()
+    done = trio.Event()
+    outcome: list[BaseException | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        sending.set()
+        try:
+            await send({"type": "http.response.pathsend", "path": str(path)})
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            done.set()
+
+    async with hosted(app, lifespan="off") as handler:
+        client, server_end = stream_pair()
+        try:
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trioserve.Server(handler).serve_connection, server_end)
+                    await client.send_all(GET)
+                    await sending.wait()
+                    nursery.cancel_scope.cancel()  # aborts the exchange mid-open
+                release.set()
+                await done.wait()
+        finally:
+            release.set()
+    [exc] = outcome
+    assert isinstance(exc, ClientDisconnectedError)
+    [handle] = opened
+    assert handle.closed
 
 
 async def test_state_from_lifespan_is_copied_per_request() -> None:

@@ -391,6 +391,12 @@ class HTTPCycle:
         # Opening may block (network file systems), so it runs in a thread; errors
         # (missing file, permissions) are raised into the application.
         file = await trio.to_thread.run_sync(open, path, "rb")
+        if self._state == _ABORTED:
+            # Aborted while the thread opened the file (client gone, connection
+            # cancelled): nobody will send or close it, and marking the exchange
+            # complete would hide the abort from _close_resources. Rule 4.
+            file.close()
+            raise ClientDisconnectedError("the client went away; the response is abandoned")
         response = self._response
         assert response is not None
         self._file = file
