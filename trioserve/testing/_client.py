@@ -127,34 +127,17 @@ class Client:
         return self._stream, self._conn
 
     async def _receive_response(self, stream: PipeStream, conn: h11.Connection) -> TestResponse:
-        head: h11.Response | None = None
-        chunks: list[bytes] = []
+        assembler = _ResponseAssembler()
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
+                response = assembler.take_events(conn)
+            except (h11.RemoteProtocolError, EOFError) as exc:
                 # The server closed mid-response (it aborted): one error for the
                 # caller, whichever way the close showed.
-                raise trio.BrokenResourceError(f"server closed mid-response: {exc}") from exc
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some())
-                continue
-            if isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("server closed the connection mid-response")
-        assert head is not None
-        return TestResponse(
-            head.status_code,
-            head.reason.decode("latin-1"),
-            Headers.from_raw(list(head.headers)),
-            b"".join(chunks),
-            head.http_version.decode("ascii"),
-        )
+                raise trio.BrokenResourceError(f"server closed mid-response: {exc!r}") from exc
+            if response is not None:
+                return response
+            conn.receive_data(await stream.receive_some())
 
     async def aclose(self) -> None:
         if self._stream is not None:
@@ -265,33 +248,15 @@ def parse_responses(data: bytes, *, method: str = "GET") -> list[TestResponse]:
     while True:
         conn.send(h11.Request(method=method, target="/", headers=[(b"host", b"x")]))
         conn.send(h11.EndOfMessage())
-        head: h11.Response | None = None
-        chunks: list[bytes] = []
         try:
-            while True:
-                event = conn.next_event()
-                if isinstance(event, h11.Response):
-                    head = event
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ValueError("the data ends in the middle of a response")
-                elif event is h11.NEED_DATA:  # pragma: no cover  # EOF was fed
-                    raise AssertionError("h11 asked for data after EOF")
+            response = _ResponseAssembler().take_events(conn)
+        except EOFError:
+            raise ValueError("the data ends in the middle of a response") from None
         except h11.RemoteProtocolError as exc:
             raise ValueError(f"not a valid HTTP/1.1 response: {exc}") from exc
-        assert head is not None
-        responses.append(
-            TestResponse(
-                head.status_code,
-                head.reason.decode("latin-1"),
-                Headers.from_raw(list(head.headers)),
-                b"".join(chunks),
-                head.http_version.decode("ascii"),
-            )
-        )
+        if response is None:  # pragma: no cover  # EOF was fed: h11 never needs more
+            raise AssertionError("h11 asked for data after EOF")
+        responses.append(response)
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             if conn.trailing_data[0]:
@@ -306,3 +271,42 @@ def parse_responses(data: bytes, *, method: str = "GET") -> list[TestResponse]:
 
 def _b(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+class _ResponseAssembler:
+    """Collects one response from an ``h11.Connection(h11.CLIENT)``'s events."""
+
+    __slots__ = ("_chunks", "_head")
+
+    def __init__(self) -> None:
+        self._head: h11.Response | None = None
+        self._chunks: list[bytes] = []
+
+    def take_events(self, conn: h11.Connection) -> TestResponse | None:
+        """Take events until the response is complete (returned) or h11 needs more
+        data (``None``: feed it and call again).
+
+        Raises:
+            h11.RemoteProtocolError: the bytes are not a valid response.
+            EOFError: the connection closed in the middle of the response.
+        """
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return None
+            if isinstance(event, h11.Response):
+                self._head = event
+            elif isinstance(event, h11.Data):
+                self._chunks.append(bytes(event.data))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise EOFError("the connection closed in the middle of a response")
+            elif isinstance(event, h11.EndOfMessage):
+                head = self._head
+                assert head is not None
+                return TestResponse(
+                    head.status_code,
+                    head.reason.decode("latin-1"),
+                    Headers.from_raw(list(head.headers)),
+                    b"".join(self._chunks),
+                    head.http_version.decode("ascii"),
+                )
