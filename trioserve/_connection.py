@@ -27,6 +27,8 @@ Rules for this module:
 3. The handler runs in this task (no task per request). A watcher task that notices
    a vanished client is started only if the handler suspends after the request body
    is complete (see ``_run_inline``): a handler that answers at once costs no task.
+   A handler with ``watch_disconnect = False`` (the ASGI adapter) gets a watcher only
+   when someone awaits ``Request.wait_disconnected()``.
 4. Errors are sorted at this boundary: protocol refusals get their status and a
    close; a handler failure before the response gets a 500; anything after the
    response started aborts the connection, never a truncated response that looks
