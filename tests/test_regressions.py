@@ -1,5 +1,5 @@
-"""Regressions found in review: deadlines that outlived their phase, CONNECT, Host lists,
-and the first signal after a programmatic shutdown."""
+"""Regressions: deadlines that outlived their phase, CONNECT, Host lists, and the
+first signal after a programmatic shutdown."""
 
 from __future__ import annotations
 
