@@ -392,6 +392,31 @@ async def test_access_log_line_per_response(
     assert second.endswith(' "HEAD /next HTTP/1.1" 201 - "-" "-" 2.500000')
 
 
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [(b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n", 400), (b"GET / HTTP/1.1\r\n", 408)],
+)
+async def test_access_log_line_for_a_refused_head(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    sent: bytes,
+    status: int,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve.access")
+    server = trioserve.Server(hello)
+    client_end, server_end = stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: server.serve_connection(server_end, client=("10.1.2.3", 4567), server=None)
+        )
+        await client_end.send_all(sent)
+        assert (await receive_all(client_end)).startswith(b"HTTP/1.1 %d " % status)
+        await client_end.aclose()
+    [record] = [r for r in caplog.records if r.name == "trioserve.access"]
+    assert record.getMessage().startswith("10.1.2.3:4567 - - [")
+    assert record.getMessage().endswith(f'] "-" {status} - "-" "-" -')
+
+
 async def test_no_logging_configuration_is_imposed() -> None:
     root_handlers = list(logging.getLogger().handlers)
     async with trioserve.testing.open_client(hello) as client:

@@ -49,7 +49,7 @@ from ._config import Config
 from ._errors import ClientDisconnected, HTTPError, RequestTimeout, single_leaf
 from ._headers import Headers
 from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
-from ._logging import access_logger, error_logger, log_access
+from ._logging import access_logger, error_logger, log_access, log_refusal
 from ._request import Request
 from ._response import Response
 from ._tracker import ConnectionTracker
@@ -218,6 +218,8 @@ class HTTPConnection:
             self._counters.count_refusal(408)
             with trio.CancelScope() as self._scope:  # a fresh scope for the answer
                 await self._send_error(408)
+            if access_logger.isEnabledFor(logging.INFO):
+                log_refusal(self._client, 408)
             if self._scope.cancelled_caught:
                 self._write_timed_out()
             return True
@@ -238,6 +240,8 @@ class HTTPConnection:
                 head = await self._receive_head(deadline, first=served == 0)
             except HTTPError as exc:
                 await self._send_error(exc.status_code)
+                if access_logger.isEnabledFor(logging.INFO):
+                    log_refusal(self._client, exc.status_code)
                 return True
             if head is None:
                 return False

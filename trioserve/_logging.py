@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-__all__ = ["access_logger", "error_logger", "log_access"]
+__all__ = ["access_logger", "error_logger", "log_access", "log_refusal"]
 
 error_logger = logging.getLogger("trioserve.error")
 access_logger = logging.getLogger("trioserve.access")
@@ -47,3 +47,11 @@ def log_access(
         user_agent or "-",
         duration,
     )
+
+
+def log_refusal(client: tuple[str, int] | None, status: int) -> None:
+    """The access-log line of a request refused before its head could be parsed
+    (400, 408, 414, 431, 505): the request line is ``"-"``, as nginx logs it."""
+    host = f"{client[0]}:{client[1]}" if client is not None else "-"
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+    access_logger.info('%s - - [%s] "-" %d - "-" "-" -', host, when, status)
