@@ -24,6 +24,7 @@ import trio.testing
 import trioserve
 import trioserve._asgi_http
 from tests.asgi_apps.serving import serve_asgi
+from trioserve._asgi_lifespan import SHUTDOWN_TIMEOUT
 from trioserve.asgi import (
     ABANDON_GRACE,
     ASGIHandler,
@@ -530,6 +531,23 @@ async def test_lifespan_shutdown_failed_is_logged(caplog: pytest.LogCaptureFixtu
         pass
     [record] = errors_above_debug(caplog)
     assert "pool stuck" in record.getMessage()
+
+
+async def test_lifespan_shutdown_that_never_answers_is_bounded(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        await trio.sleep_forever()  # never answers
+
+    handler = ASGIHandler(app, lifespan="on")
+    async with handler.lifespan():
+        started = trio.current_time()
+    assert trio.current_time() - started == SHUTDOWN_TIMEOUT
+    [record] = errors_above_debug(caplog)
+    assert "lifespan.shutdown.complete" in record.getMessage()
 
 
 async def test_lifespan_off_never_calls_the_app_with_it() -> None:

@@ -27,6 +27,9 @@ __all__ = ["LifespanFailure", "LifespanMode", "LifespanProtocol"]
 
 LifespanMode = Literal["auto", "on", "off"]
 
+#: Seconds the application gets to answer ``lifespan.shutdown`` (as long as the drain of
+#: its request tasks before it, and Config.shutdown_timeout's default).
+SHUTDOWN_TIMEOUT: Final = 30.0
 #: The lifespan sub-specification version spoken here (2.0 added ``startup.failed``
 #: and ``shutdown.failed``; ``state`` came later without a version bump).
 LIFESPAN_SPEC_VERSION: Final = "2.0"
@@ -133,9 +136,18 @@ class LifespanProtocol:
                 error_logger.warning("ASGI lifespan task ended early; no shutdown was sent")
             return
         self._shutdown_requested.set()
-        while self._phase != _OVER and not self._app_done:
-            await self._wait_progress()
-        if self._failed_message is not None:
+        # Bounded like the drain before it: an application that never answers must not
+        # hold the process after SIGTERM.
+        with trio.move_on_after(SHUTDOWN_TIMEOUT) as waited:
+            while self._phase != _OVER and not self._app_done:
+                await self._wait_progress()
+        if waited.cancelled_caught:
+            error_logger.error(
+                "ASGI lifespan shutdown: no lifespan.shutdown.complete after %.4g s;"
+                " going on without it",
+                SHUTDOWN_TIMEOUT,
+            )
+        elif self._failed_message is not None:
             error_logger.error("ASGI lifespan shutdown failed: %s", self._failed_message)
         elif self._phase != _OVER:
             error_logger.error(
