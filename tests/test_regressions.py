@@ -158,3 +158,48 @@ async def test_the_first_signal_is_graceful_even_after_a_programmatic_shutdown()
             await stream.aclose()
     assert not server.forced
     assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_closing_a_streamed_body_is_not_under_the_write_deadline(
+    autojump_clock: trio.testing.MockClock, method: str
+) -> None:
+    class Body:
+        """One chunk, then a slow aclose (a pooled resource, a worker thread)."""
+
+        def __init__(self) -> None:
+            self.sent = False
+            self.closed = False
+
+        def __aiter__(self) -> Body:
+            return self
+
+        async def __anext__(self) -> bytes:
+            if self.sent:
+                raise StopAsyncIteration
+            self.sent = True
+            return b"hello"
+
+        async def aclose(self) -> None:
+            await trio.sleep(40)
+            self.closed = True
+
+    bodies: list[Body] = []
+
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        bodies.append(Body())
+        return trioserve.Response(200, body=bodies[-1])
+
+    config = trioserve.Config(write_timeout=30)
+    server = trioserve.Server(handler, config)
+    async with open_connection(handler, server=server) as stream:
+        await stream.send_all(
+            f"{method} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        [response] = parse_responses(await receive_all(stream), method=method)
+    assert response.status == 200
+    assert bodies[0].closed
+    stats = server.statistics()
+    assert stats.requests_served == 1
+    assert stats.connections_aborted == 0
+    assert stats.write_timeouts == 0

@@ -218,10 +218,10 @@ class HTTPConnection:
             self._counters.count_refusal(408)
             with trio.CancelScope() as self._scope:  # a fresh scope for the answer
                 await self._send_error(408)
-            if access_logger.isEnabledFor(logging.INFO):
-                log_refusal(self._client, 408)
             if self._scope.cancelled_caught:
                 self._write_timed_out()
+            if access_logger.isEnabledFor(logging.INFO):
+                log_refusal(self._client, 408)
             return True
         if phase == _WRITE:
             self._write_timed_out()
@@ -634,6 +634,10 @@ class HTTPConnection:
                         scope.deadline = _INF
                 await self._send(proto.end_response())
             finally:
+                # Closing the body is the handler's work (a WSGI thread to join, a
+                # pooled resource to give back): no write deadline over it. A write
+                # timeout that already fired stays fired (cancel_called is sticky).
+                self._scope.deadline = _INF
                 await _aclose_iterable(body)
         except _Abort:
             raise

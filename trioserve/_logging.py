@@ -50,8 +50,10 @@ def log_access(
 
 
 def log_refusal(client: tuple[str, int] | None, status: int) -> None:
-    """The access-log line of a request refused before its head could be parsed
-    (400, 408, 414, 431, 505): the request line is ``"-"``, as nginx logs it."""
+    """The access-log line of a request refused before any handler saw it (a head
+    too slow, malformed, too large, ambiguous or not HTTP/1.x: 400, 408, 414, 431,
+    501, 505): the request line is ``"-"``, as nginx logs a request it could not
+    parse."""
     host = f"{client[0]}:{client[1]}" if client is not None else "-"
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
     access_logger.info('%s - - [%s] "-" %d - "-" "-" -', host, when, status)
