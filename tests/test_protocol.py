@@ -178,6 +178,36 @@ async def test_pipelined_requests_are_answered_in_order(
     assert replies[2].headers.get("content-length") == str(len(b"HEAD /3 1.1 b''"))
 
 
+async def test_empty_lines_before_a_request_line_are_ignored(
+    feed: str,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request
+    # line; some clients send a CRLF after a POST body.
+    requests = (
+        b"\r\n"
+        + get("1")
+        + b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc\r\n"
+        + b"\n\r\n"
+        + get("3")
+    )
+    async with open_feed(describe, feed) as conn:
+        await conn.send(requests)
+        replies = [await conn.read(), await conn.read(), await conn.read()]
+    assert [reply.body for reply in replies] == [
+        b"GET /1 1.1 b''",
+        b"POST /2 1.1 b'abc'",
+        b"GET /3 1.1 b''",
+    ]
+
+
+async def test_a_lone_cr_before_a_request_line_is_refused(feed: str) -> None:
+    async with open_feed(describe, feed) as conn:
+        await conn.send(b"\rGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        reply = await conn.read()
+    assert reply.status == 400
+
+
 # --- Request bodies --------------------------------------------------------------------
 
 

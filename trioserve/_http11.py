@@ -112,6 +112,7 @@ class HTTP11Protocol:
     __slots__ = (
         "_body_received",
         "_conn",
+        "_cr_pending",
         "_declared_length",
         "_head_buf",
         "_http10_keep_alive",
@@ -132,6 +133,7 @@ class HTTP11Protocol:
             config.server_header.encode("ascii") if config.server_header is not None else None
         )
         self._conn = self._new_h11()
+        self._cr_pending = False
         # Bytes of the request head being received (None once it has been parsed):
         # the first read as received (no copy, the common case), a bytearray after.
         self._head_buf: bytes | bytearray | None = b""
@@ -149,8 +151,12 @@ class HTTP11Protocol:
         """Feed bytes received from the client (``b""`` for EOF)."""
         if type(data) is not bytes:
             data = bytes(data)
-        self._conn.receive_data(data)
         buf = self._head_buf
+        if data and buf is not None and not buf:
+            data = self._skip_empty_lines(data)
+            if not data:
+                return
+        self._conn.receive_data(data)
         if buf is None:
             return
         if not buf:
@@ -159,6 +165,25 @@ class HTTP11Protocol:
             buf += data
         else:
             self._head_buf = bytearray(buf) + data
+
+    def _skip_empty_lines(self, data: bytes) -> bytes:
+        """Drop empty lines before a request line (RFC 9112 2.2: a server SHOULD
+        ignore them; some clients send a CRLF after a POST body). h11 would take an
+        empty line for a missing request line and refuse it."""
+        if self._cr_pending:
+            self._cr_pending = False
+            data = data[1:] if data[:1] == b"\n" else b"\r" + data  # a lone CR stays
+        while data[:1] in (b"\r", b"\n"):
+            if data[:2] == b"\r\n":
+                data = data[2:]
+            elif data[:1] == b"\n":
+                data = data[1:]
+            elif data == b"\r":  # the CRLF is split between two reads
+                self._cr_pending = True
+                return b""
+            else:
+                break  # a CR not followed by LF: h11 refuses the line
+        return data
 
     @property
     def has_partial_request(self) -> bool:
@@ -439,8 +464,19 @@ class HTTP11Protocol:
         conn = self._conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            self._head_buf = conn.trailing_data[0]
+            leftover, closed = conn.trailing_data
             self._method = b""
+            if leftover[:1] in (b"\r", b"\n"):
+                # Empty lines before the next request line are in h11's buffer already:
+                # a fresh h11 state machine (a new cycle has no state to lose) gets
+                # what follows them.
+                self._conn = self._new_h11()
+                self._head_buf = b""
+                self.receive_data(leftover)
+                if closed:
+                    self._conn.receive_data(b"")
+            else:
+                self._head_buf = leftover
             return True
         if self._http10_keep_alive and conn.our_state is h11.MUST_CLOSE:
             # h11 never keeps HTTP/1.0 connections alive; we do when the client asked
