@@ -61,6 +61,14 @@ async def receive_and_close(stream: PipeStream) -> bytes:
     return answer
 
 
+async def answer_during_shutdown(server: trioserve.Server, stream: PipeStream) -> bytes:
+    """Begin a graceful shutdown and read the client's answer to its end; returns
+    once both the answer and the shutdown are complete."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.shutdown)
+        return await receive_and_close(stream)
+
+
 async def test_shutdown_with_only_idle_connections_is_immediate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -139,9 +147,7 @@ async def test_streaming_response_in_flight_finishes(
         stream = await listener.connect()
         await stream.send_all(GET)
         await trio.sleep(2.5)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.shutdown)
-            answer = await receive_and_close(stream)
+        answer = await answer_during_shutdown(server, stream)
         assert trio.current_time() == 10
         assert answer.count(b"chunk ") == 10
         assert answer.endswith(b"0\r\n\r\n")  # the chunked body's proper end
@@ -155,9 +161,7 @@ async def test_streaming_response_cut_at_the_timeout_is_never_completed(
         stream = await listener.connect()
         await stream.send_all(GET)
         await trio.sleep(2.5)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.shutdown)
-            answer = await receive_and_close(stream)
+        answer = await answer_during_shutdown(server, stream)
         assert trio.current_time() == 5.5
         assert b"chunk 4" in answer
         assert not answer.endswith(b"0\r\n\r\n")  # a cut body never looks complete
@@ -170,9 +174,7 @@ async def test_pipelined_requests_behind_the_current_one_are_not_started(
         stream = await listener.connect()
         await stream.send_all(GET + GET + GET)
         await trio.sleep(1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.shutdown)
-            answer = await receive_and_close(stream)
+        answer = await answer_during_shutdown(server, stream)
         assert answer.count(b"HTTP/1.1 200") == 1
         assert server.statistics().requests_served == 1
 
@@ -212,9 +214,7 @@ async def test_handlers_learn_that_shutdown_began(autojump_clock: trio.testing.M
         stream = await listener.connect()
         await stream.send_all(GET)
         await trio.sleep(3)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.shutdown)
-            answer = await receive_and_close(stream)
+        answer = await answer_during_shutdown(server, stream)
         assert trio.current_time() == 3
         assert answer.startswith(b"HTTP/1.1 503 ")
 
