@@ -156,8 +156,3 @@ class Mailbox:
                 return
             if not isinstance(message, Finished):
                 self._replies.put(ClientDisconnected(reason))
-
-    @property
-    def hung_up(self) -> bool:
-        """True once :meth:`hang_up` was called."""
-        return self._hung_up is not None

@@ -37,7 +37,6 @@ class PipeStream(trio.abc.HalfCloseableStream):
         self._out = outgoing
         self._in = incoming
         self._closed = False
-        self._send_conflict = trio.lowlevel.ParkingLot()
         self._sending = False
         self._receiving = False
 
