@@ -427,3 +427,40 @@ async def test_no_logging_configuration_is_imposed() -> None:
         assert logger.level == logging.NOTSET
         assert logger.propagate
     assert logging.getLogger().handlers == root_handlers
+
+
+class _Patient:
+    """A handler that opts out of the automatic disconnect watcher."""
+
+    watch_disconnect = False
+
+    def __init__(self, *, wait_for_disconnect: bool) -> None:
+        self.wait_for_disconnect = wait_for_disconnect
+        self.outcome: list[str] = []
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            if self.wait_for_disconnect:
+                await request.wait_disconnected()  # asks the server to watch, now
+            else:
+                await trio.sleep(10)  # nobody watches the connection meanwhile
+        except trio.Cancelled:
+            self.outcome.append(f"cancelled at {trio.current_time():g}")
+            raise
+        self.outcome.append(f"finished at {trio.current_time():g}")
+        return Response(200)
+
+
+@pytest.mark.parametrize("wait_for_disconnect", [False, True])
+async def test_watch_disconnect_false_watches_only_on_request(
+    autojump_clock: trio.testing.MockClock, wait_for_disconnect: bool
+) -> None:
+    handler = _Patient(wait_for_disconnect=wait_for_disconnect)
+    async with open_connection(handler) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await trio.sleep(1)
+        await stream.aclose()  # the client leaves at t=1
+        await trio.sleep(20)
+    # Watching, the server sees the client leave and cancels the handler, as always.
+    expected = "cancelled at 1" if wait_for_disconnect else "finished at 10"
+    assert handler.outcome == [expected]
