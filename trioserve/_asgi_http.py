@@ -16,12 +16,20 @@ Rules for this module:
    ``receive()`` returns ``http.disconnect``; what the application raises after that
    is logged at DEBUG only. An application that ignores the disconnect is cancelled
    ``ABANDON_GRACE`` seconds later.
+5. Nothing the application raises leaves its own exchange: not an exception group
+   mixing a cancellation with its own errors, not an error from its cleanup. The
+   host nursery, and with it every other request, never sees it.
+6. ``receive()`` is safe to cancel (an application's own timeout, Starlette's
+   ``is_disconnected()``, which calls it under a scope cancelled in advance): a
+   cancelled call takes nothing, and the next one goes on where it would have.
+   The application never reads or writes the stream: the engine does it for it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
@@ -35,10 +43,13 @@ from ._asgi_types import (
     message_bool,
     message_bytes,
 )
-from ._errors import ClientDisconnected, HTTPError
+from ._errors import BodyUnavailable, ClientDisconnected, HTTPError
 from ._logging import error_logger
 from ._request import Request
 from ._response import Response
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["ABANDON_GRACE", "HTTPCycle"]
 
@@ -173,19 +184,27 @@ class HTTPCycle:
     # --- The app task ----------------------------------------------------------------
 
     async def run(self, app: ASGIApp) -> None:
-        """Run the application for this exchange (the app task)."""
+        """Run the application for this exchange (the app task). Never raises but
+        for a ``KeyboardInterrupt`` or a cancellation from outside (rule 5)."""
         try:
             with self.app_scope:
                 try:
                     await app(self.scope, self.receive, self.send)
-                except Exception as exc:
-                    self._app_raised(exc)
+                except BaseException as raised:
+                    # The app's own errors are sorted here; what is left to raise is
+                    # only trio's cancellation (app_scope's, or from outside) and
+                    # KeyboardInterrupt or SystemExit.
+                    failure, rest = _split_failure(raised)
+                    if failure is not None:
+                        self._app_raised(failure)
+                    if rest is not None:
+                        raise rest from None
                 else:
                     self._app_returned()
             if self.app_scope.cancelled_caught:
                 self._app_cancelled()
         finally:
-            await self._close_resources()
+            self._close_resources()
 
     def _app_raised(self, exc: Exception) -> None:
         state = self._state
@@ -230,15 +249,9 @@ class HTTPCycle:
                 ABANDON_GRACE,
             )
 
-    async def _close_resources(self) -> None:
+    def _close_resources(self) -> None:
         if self._chunks_in is not None:
             self._chunks_in.close()
-        body = self._body
-        if body is not None and not self._request_done:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):  # no I/O: the generator just ends
-                    await aclose()
         if self._file is not None and self._state != _COMPLETE:
             self._file.close()  # never handed to the engine
 
@@ -251,6 +264,7 @@ class HTTPCycle:
         (backpressure). ``http.disconnect`` comes once the client is gone or the
         response is done; until then a ``receive()`` after the body waits.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # rule 6: cancelled, nothing taken
         if not self._request_done and self._state < _COMPLETE:
             return await self._receive_body()
         if self._state != _ABORTED:
@@ -270,10 +284,17 @@ class HTTPCycle:
         if body is None:
             body = self._body = self.request.stream()
         try:
+            # Rule 6: the engine's body iterator takes nothing if cancelled. From here
+            # on nothing awaits, so a piece taken is a piece delivered.
             chunk = await body.__anext__()
         except StopAsyncIteration:
             self._body_complete()
             return {"type": "http.request", "body": b"", "more_body": False}
+        except BodyUnavailable:
+            # The response was completed (or the exchange failed) while this read
+            # waited: the engine drains the rest; for the application it is over.
+            self._request_done = True
+            return {"type": "http.disconnect"}
         except ClientDisconnected:
             self._request_done = True
             self.abort()
@@ -289,10 +310,8 @@ class HTTPCycle:
         if left is not None:
             left = self._body_left = left - len(chunk)
             if left <= 0:
-                # The declared length is in. Taking the end now costs no I/O and lets
-                # this message say more_body=False, saving the app one receive().
-                async for _ in body:  # pragma: no cover  # h11 enforces the length
-                    raise AssertionError("a body ran past its Content-Length")
+                # The declared length is in (h11 enforces it, and the engine has taken
+                # the end already): more_body=False saves the app one receive().
                 self._body_complete()
                 return {"type": "http.request", "body": chunk, "more_body": False}
         return {"type": "http.request", "body": chunk, "more_body": True}
@@ -488,6 +507,17 @@ class _FileBody:
     async def aclose(self) -> None:
         self._file.close()
         await trio.lowlevel.checkpoint()
+
+
+def _split_failure(raised: BaseException) -> tuple[Exception | None, BaseException | None]:
+    """Split what an application raised: its own failure (an ``Exception``, or a group
+    of them), and what must go on propagating (trio's ``Cancelled``, which the
+    application's cancel scope or the host's absorbs, ``KeyboardInterrupt``)."""
+    if isinstance(raised, Exception):
+        return raised, None
+    if isinstance(raised, BaseExceptionGroup):
+        return raised.split(Exception)
+    return None, raised
 
 
 def _header_pairs(headers: Iterable[object]) -> list[tuple[bytes, bytes]]:

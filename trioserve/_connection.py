@@ -18,6 +18,9 @@ Rules for this module:
    ====================  ==========================================  ===============
 
    The handler itself has no deadline: it is the application's business.
+   A connection whose idle wait brought only empty lines (a stray CRLF, which RFC
+   9112 2.2 says to ignore) is still idle: same deadline, and still closed at once
+   on shutdown.
    The phases of the connection task share one cancel scope whose deadline is moved
    from phase to phase (a new scope per read or write costs three times as much);
    ``self._phase`` says, when the scope fires, which deadline it was. Body reads,
@@ -32,12 +35,23 @@ Rules for this module:
 4. Errors are sorted at this boundary: protocol refusals get their status and a
    close; a handler failure before the response gets a 500; anything after the
    response started aborts the connection, never a truncated response that looks
-   complete.
+   complete. An abort closes with a TCP reset, so that even a close-delimited body
+   (HTTP/1.0) cut short reaches the client as an error, not as a clean end; so does
+   the shutdown cut-off of a response in progress. Once the end of a response is on
+   the wire, a failure to close its body is logged and the connection goes on.
+5. Only this connection's own tasks touch the stream, and never two at once in
+   the same direction. Handlers and applications may read the body from tasks of
+   their own: such a read is done for them by a reader task in this connection's
+   nursery (see ``_Exchange``); a ``100 Continue`` is owed to h11 synchronously and
+   written by the reader task or by this task's next write, whichever comes first,
+   never under a handler's cancel scope.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
 from typing import Final, NoReturn, TypeVar
@@ -46,7 +60,13 @@ import h11  # only for LocalProtocolError raised by body framing on our side
 import trio
 
 from ._config import Config
-from ._errors import ClientDisconnected, HTTPError, RequestTimeout, single_leaf
+from ._errors import (
+    BodyUnavailable,
+    ClientDisconnected,
+    HTTPError,
+    RequestTimeout,
+    single_leaf,
+)
 from ._headers import Headers
 from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
@@ -96,28 +116,32 @@ class HTTPConnection:
         "_body_waited",
         "_client",
         "_config",
+        "_continue_sending",
         "_counters",
         "_current",
         "_current_request",
-        "_cycle",
         "_evicted",
         "_first",
         "_gone",
         "_handler",
         "_in_handler",
         "_nursery",
+        "_owed",
         "_peer_eof",
         "_phase",
         "_proto",
+        "_response_open",
         "_scheme",
         "_scope",
         "_server",
         "_stream",
+        "_task",
         "_tracker",
         "_watch_allowed",
         "_watcher_done",
         "_watcher_scope",
         "_watcher_wanted",
+        "_write_failed",
     )
 
     def __init__(
@@ -140,7 +164,6 @@ class HTTPConnection:
         self._server = server
         self._scheme = scheme
         self._proto = HTTP11Protocol(config)
-        self._cycle = 0
         self._current: _Exchange | None = None
         self._peer_eof = False
         self._evicted = False
@@ -160,6 +183,13 @@ class HTTPConnection:
         self._watcher_scope: trio.CancelScope | None = None
         self._watcher_done: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        self._task: trio.lowlevel.Task | None = None  # the connection task, once serving
+        # A 100 Continue h11 was told about and nobody has written yet (rule 5), and
+        # the event of its write while the reader task does it.
+        self._owed = b""
+        self._continue_sending: trio.Event | None = None
+        self._write_failed = False  # a write was cut short: nothing more may be sent
+        self._response_open = False  # a response head is out and its end is not
 
     # --- The connection loop -----------------------------------------------------------
 
@@ -170,6 +200,7 @@ class HTTPConnection:
         """
         tracker = self._tracker
         tracker.connection_opened()
+        self._task = trio.lowlevel.current_task()
         graceful = aborted = finished = False
         try:
             async with trio.open_nursery() as nursery:
@@ -198,6 +229,8 @@ class HTTPConnection:
             if graceful:
                 await self._close_gracefully()
             else:
+                if aborted or self._response_open:
+                    _reset(self._stream)
                 await trio.aclose_forcefully(self._stream)
 
     async def _scope_fired(self) -> bool:
@@ -309,9 +342,15 @@ class HTTPConnection:
         self._phase = _IDLE
         self._first = first
         scope.deadline = deadline
+        proto = self._proto
         tracker.enter_idle(scope)
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            # Still idle until a byte of a request line comes: empty lines before it
+            # are dropped as they arrive (RFC 9112 2.2), and the deadline stays.
+            while data := await self._stream.receive_some(RECEIVE_SIZE):
+                proto.receive_data(data)
+                if proto.has_partial_request:
+                    break
         finally:
             self._evicted = tracker.leave_idle(scope)
         if scope.cancel_called:
@@ -320,10 +359,7 @@ class HTTPConnection:
             if not self._evicted:
                 self._count_idle_timeout()
             return False
-        if not data:
-            return False
-        self._proto.receive_data(data)
-        return True
+        return bool(data)
 
     def _count_idle_timeout(self) -> None:
         if self._tracker.shutting_down or self._evicted:
@@ -338,9 +374,8 @@ class HTTPConnection:
     async def _exchange(self, head: RequestHead, *, last: bool) -> bool:
         """Run the handler and send its response. Returns whether to keep the
         connection for another request."""
-        self._cycle += 1
         self._body_waited = 0.0
-        exchange = self._current = _Exchange(self, self._cycle)
+        exchange = self._current = _Exchange(self)
         request = Request(
             method=head.method.decode("ascii"),
             target=head.target.decode("latin-1"),
@@ -354,13 +389,12 @@ class HTTPConnection:
         )
         self._current_request = request
         try:
-            return await self._respond(request, last=last)
+            return await self._respond(request, exchange, last=last)
         finally:
-            self._cycle += 1  # the request's body can no longer be read
             self._current = None
-            exchange.end()
+            exchange.end()  # the request's body can no longer be read
 
-    async def _respond(self, request: Request, *, last: bool) -> bool:
+    async def _respond(self, request: Request, exchange: _Exchange, *, last: bool) -> bool:
         started = trio.current_time()
         try:
             response: object = await self._call_handler(request)
@@ -411,7 +445,8 @@ class HTTPConnection:
             return False
         if not proto.body_complete:
             self._scope.deadline = _INF  # the drain has body deadlines of its own
-            return await self._drain_body()
+            await exchange.close()  # a read still in flight for the handler ends first
+            return await exchange.drain(self._config.max_drain_size)
         return True
 
     async def _call_handler(self, request: Request) -> object:
@@ -449,9 +484,9 @@ class HTTPConnection:
             self._watcher_wanted = False
             self._start_watcher()
 
-    def watch_exchange(self, cycle: int) -> None:
-        """Someone waits for exchange ``cycle``'s client to go away: watch for it."""
-        if cycle == self._cycle:
+    def watch_exchange(self, exchange: _Exchange) -> None:
+        """Someone waits for ``exchange``'s client to go away: watch for it."""
+        if exchange is self._current:
             self._start_watcher()
 
     def _start_watcher(self) -> None:
@@ -462,6 +497,7 @@ class HTTPConnection:
             and self._watch_allowed
             and self._proto.body_complete
             and not self._peer_eof
+            and (self._current is None or not self._current.reading)
         ):
             assert self._nursery is not None
             self._watcher_scope = trio.CancelScope()
@@ -510,28 +546,6 @@ class HTTPConnection:
 
     # --- The request body --------------------------------------------------------------
 
-    async def receive_body_chunk(self, cycle: int) -> bytes:
-        """The next piece of the request body of exchange ``cycle``; b"" at its end."""
-        if cycle != self._cycle:
-            raise RuntimeError("the request body can only be read while its handler runs")
-        proto = self._proto
-        counters = self._counters
-        while True:
-            try:
-                chunk = proto.next_body_chunk()
-            except HTTPError as exc:
-                counters.count_refusal(exc.status_code)
-                raise
-            if chunk is END:
-                return b""
-            if chunk is not NEED_DATA:
-                assert isinstance(chunk, bytes)
-                return chunk
-            if proto.they_are_waiting_for_100_continue:
-                counters.responses_1xx += 1
-                await self._send_continue(proto.informational_continue())
-            await self._receive_body_bytes()
-
     async def _receive_body_bytes(self) -> None:
         """Read more body under the body deadlines (Config.body_timeout and rate).
 
@@ -561,21 +575,38 @@ class HTTPConnection:
             raise ClientDisconnected("client closed the connection mid-body")
         self._proto.receive_data(data)
 
-    async def _drain_body(self) -> bool:
-        """Read and discard the unread rest of a body, up to ``max_drain_size`` bytes.
+    def _owe_continue(self) -> None:
+        """Tell h11 that ``100 Continue`` is sent; the bytes wait in ``_owed`` (rule 5)."""
+        self._counters.responses_1xx += 1
+        self._owed += self._proto.informational_continue()
 
-        True if it all came, so the connection can serve another request.
-        """
-        cycle = self._cycle
-        budget = self._config.max_drain_size
+    async def _flush_continue(self) -> None:
+        """Write an owed ``100 Continue`` (the reader task, before it reads)."""
+        data = self._owed
+        if not data:
+            return
+        self._owed = b""
+        sending = self._continue_sending = trio.Event()
         try:
-            while chunk := await self.receive_body_chunk(cycle):
-                budget -= len(chunk)
-                if budget < 0:
-                    return False
-        except (HTTPError, ClientDisconnected):
-            return False
-        return True
+            with trio.move_on_after(self._config.write_timeout) as scope:
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._write_cut_short()
+            self._peer_gone()
+            raise ClientDisconnected("connection lost before 100 Continue") from exc
+        finally:
+            self._continue_sending = None
+            sending.set()
+        if scope.cancelled_caught:
+            self._write_cut_short()
+            self._counters.write_timeouts += 1
+            raise ClientDisconnected("client does not read its 100 Continue")
+
+    def _write_cut_short(self) -> None:
+        # h11 believes the bytes went out and the stream may hold part of them:
+        # nothing more may be written on this connection.
+        self._proto.send_failed()
+        self._write_failed = True
 
     # --- Sending -------------------------------------------------------------------------
 
@@ -608,37 +639,22 @@ class HTTPConnection:
         body: AsyncIterable[bytes],
         close: bool,
     ) -> int:
-        """Send a head and a streamed body; the body is closed whatever happens."""
-        proto = self._proto
-        sent = 0
+        """Send a head and a streamed body; the body is closed whatever happens.
+
+        Once the end of the response is on the wire, a failure to close the body is
+        the application's (a pooled resource not given back): it is logged, and the
+        connection goes on with the next request.
+        """
         try:
             try:
-                head, body_allowed = proto.start_response(status, headers, None, close=close)
-                await self._send(head)
-                if not body_allowed:  # HEAD, 204, 304: the body is never iterated
-                    await self._send(proto.end_response())
-                    return 0
-                # The body may take its time to produce each chunk: no write deadline
-                # while it does (the handler's work is not the client's slowness).
-                scope = self._scope
-                scope.deadline = _INF
-                async for chunk in body:
-                    if not isinstance(chunk, bytes):
-                        raise TypeError(
-                            f"a streamed body must yield bytes, not {type(chunk).__name__}"
-                        )
-                    if chunk:
-                        sent += len(chunk)
-                        for piece in proto.send_data(chunk):
-                            await self._send(piece)
-                        scope.deadline = _INF
-                await self._send(proto.end_response())
-            finally:
+                sent = await self._stream_body(status, headers, body, close)
+            except BaseException:
                 # Closing the body is the handler's work (a WSGI thread to join, a
                 # pooled resource to give back): no write deadline over it. A write
                 # timeout that already fired stays fired (cancel_called is sticky).
                 self._scope.deadline = _INF
                 await _aclose_iterable(body)
+                raise
         except _Abort:
             raise
         except h11.LocalProtocolError as exc:
@@ -658,6 +674,48 @@ class HTTPConnection:
         except Exception as exc:
             self._handler_failed_mid_response(request, exc)
             raise _Abort from None
+        self._scope.deadline = _INF
+        try:
+            await _aclose_iterable(body)
+        except Exception as exc:
+            self._counters.handler_errors += 1
+            error_logger.error(
+                "closing the response body of %r failed after the response was complete",
+                request,
+                exc_info=exc,
+            )
+        return sent
+
+    async def _stream_body(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes],
+        close: bool,
+    ) -> int:
+        proto = self._proto
+        head, body_allowed = proto.start_response(status, headers, None, close=close)
+        self._response_open = True
+        await self._send(head)
+        if not body_allowed:  # HEAD, 204, 304: the body is never iterated
+            await self._send(proto.end_response())
+            self._response_open = False
+            return 0
+        # The body may take its time to produce each chunk: no write deadline while it
+        # does (the handler's work is not the client's slowness).
+        scope = self._scope
+        scope.deadline = _INF
+        sent = 0
+        async for chunk in body:
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"a streamed body must yield bytes, not {type(chunk).__name__}")
+            if chunk:
+                sent += len(chunk)
+                for piece in proto.send_data(chunk):
+                    await self._send(piece)
+                scope.deadline = _INF
+        await self._send(proto.end_response())
+        self._response_open = False
         return sent
 
     def _handler_failed_mid_response(self, request: Request, exc: Exception) -> None:
@@ -679,6 +737,9 @@ class HTTPConnection:
         phase = self._phase
         self._phase = _WRITE
         try:
+            if self._owed or self._continue_sending is not None:
+                scope.deadline = trio.current_time() + timeout
+                data = await self._after_continue(data)
             if len(data) <= WRITE_CHUNK:
                 scope.deadline = trio.current_time() + timeout
                 await self._stream.send_all(data)
@@ -700,24 +761,21 @@ class HTTPConnection:
             await trio.lowlevel.checkpoint()
         self._phase = phase
 
+    async def _after_continue(self, data: bytes) -> bytes:
+        """An owed ``100 Continue`` goes out before ``data``, whoever writes it."""
+        while self._continue_sending is not None:
+            await self._continue_sending.wait()  # the reader task is writing it
+        if self._write_failed:
+            raise _Abort
+        owed, self._owed = self._owed, b""
+        return owed + data
+
     def _write_timed_out(self) -> NoReturn:
         self._proto.send_failed()
         self._counters.write_timeouts += 1
         if _debug_enabled(logging.DEBUG):
             error_logger.debug("client %s stopped reading; aborting", self._client)
         raise _Abort
-
-    async def _send_continue(self, data: bytes) -> None:
-        """Send ``100 Continue``, maybe from a handler's own task: its own scope."""
-        with trio.move_on_after(self._config.write_timeout) as scope:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._peer_gone()
-                raise ClientDisconnected("connection lost before 100 Continue") from exc
-        if scope.cancelled_caught:
-            self._counters.write_timeouts += 1
-            raise ClientDisconnected("client does not read its 100 Continue")
 
     async def _send_error(self, status: int) -> None:
         """Send a complete error response with ``Connection: close``, if still possible."""
@@ -768,34 +826,178 @@ class HTTPConnection:
 class _Exchange:
     """One request's view of its connection: its body, and whether it is over.
 
+    Rules (the connection's rule 5, in detail):
+    1. At most one read of the stream is in flight (``_read_done`` is its event).
+       The connection task reads for itself when it is the one asking (a handler
+       running inline, a streamed response that reads the request); any other task
+       (an ASGI application, a handler's own child) gets its read done by a reader
+       task in the connection's nursery, and waits for it.
+    2. Reading is safe to cancel: an asker that is cancelled has taken nothing, and
+       what a read brings waits in h11's buffer for the next ask. (A cancelled
+       ``receive_some`` loses no byte on trio's sockets, TLS streams once the
+       handshake is done, and memory streams.)
+    3. ``100 Continue`` is owed the moment a read needs the client's bytes, and
+       written by connection code that no handler's cancel scope covers (the reader
+       task, or the connection's next write): a cancelled asker can never leave h11
+       believing it was sent when it was not, or a half-written one on the wire.
+    4. When the exchange is over (the response is complete, or it failed), reads
+       raise :class:`BodyUnavailable`, a read in flight is cancelled, and
+       :meth:`close` returns once it has stopped, so the connection may drain.
+
     The body can be read only while the exchange runs; ``wait_disconnected`` returns
     once the client is gone or the response has been sent (or the exchange failed).
     """
 
-    __slots__ = ("_connection", "_cycle", "_over", "_over_event")
+    __slots__ = (
+        "_connection",
+        "_error",
+        "_over",
+        "_over_event",
+        "_peeked",
+        "_read_done",
+        "_reader",
+    )
 
-    def __init__(self, connection: HTTPConnection, cycle: int) -> None:
+    def __init__(self, connection: HTTPConnection) -> None:
         self._connection = connection
-        self._cycle = cycle
         self._over = False
         self._over_event: trio.Event | None = None  # made only if someone waits
+        self._error: Exception | None = None  # the body failed: every read raises it
+        self._peeked: bytes | None = None  # a piece taken from h11 ahead of its ask
+        self._read_done: trio.Event | None = None  # set when the read in flight ends
+        self._reader: trio.CancelScope | None = None  # the reader task's, while it runs
+
+    @property
+    def reading(self) -> bool:
+        """Whether a read of the stream is in flight for this exchange."""
+        return self._read_done is not None
 
     async def receive_body_chunk(self) -> bytes:
-        return await self._connection.receive_body_chunk(self._cycle)
+        """The next piece of the request body; ``b""`` at its end (see the rules)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._over and self._error is None:
+                raise BodyUnavailable
+            chunk = self._next_chunk()
+            if chunk is not None:
+                return chunk
+            await self._read()
+
+    def _next_chunk(self) -> bytes | None:
+        """A piece of body already received, ``b""`` at the end, None if a read is needed."""
+        if self._error is not None:
+            raise self._error
+        chunk = self._peeked
+        if chunk is not None:
+            self._peeked = None
+            return chunk
+        proto = self._connection._proto
+        try:
+            event = proto.next_body_chunk()
+        except HTTPError as exc:
+            raise self._refused(exc) from None
+        if not isinstance(event, bytes):
+            return b"" if event is END else None
+        # Look one step ahead, with no I/O: a body whose last bytes are in is then
+        # known complete at once (the disconnect watcher may start), and a refusal
+        # behind this piece is kept for the next read rather than losing the piece.
+        try:
+            ahead = proto.next_body_chunk()
+        except HTTPError as exc:
+            self._refused(exc)
+        else:
+            if isinstance(ahead, bytes):
+                self._peeked = ahead
+        return event
+
+    def _refused(self, exc: HTTPError) -> HTTPError:
+        self._connection._counters.count_refusal(exc.status_code)
+        self._error = exc
+        return exc
+
+    async def _read(self) -> None:
+        """Bring more body bytes into h11's buffer, or a failure into ``_error``."""
+        connection = self._connection
+        done = self._read_done
+        if done is None:
+            waiting_for_continue = connection._proto.they_are_waiting_for_100_continue
+            if trio.lowlevel.current_task() is connection._task and not waiting_for_continue:
+                await self.read_inline()
+                return
+            if waiting_for_continue:
+                connection._owe_continue()
+            done = self._read_done = trio.Event()
+            reader = self._reader = trio.CancelScope()
+            assert connection._nursery is not None
+            connection._nursery.start_soon(self._read_for_others, reader, done)
+        await done.wait()  # the read goes on if this task is cancelled (rule 2)
+
+    async def read_inline(self) -> None:
+        """Read in the connection task (no read may be in flight)."""
+        done = self._read_done = trio.Event()
+        try:
+            await self._connection._receive_body_bytes()
+        except (HTTPError, ClientDisconnected) as exc:
+            self._error = exc
+        finally:
+            self._read_done = None
+            done.set()
+
+    async def _read_for_others(self, reader: trio.CancelScope, done: trio.Event) -> None:
+        """The reader task: one read, for whichever tasks wait on ``done``."""
+        connection = self._connection
+        try:
+            with reader:
+                await connection._flush_continue()
+                await connection._receive_body_bytes()
+        except Exception as exc:  # HTTPError, ClientDisconnected, or a bug of ours:
+            self._error = exc  # raised to the asker, never into the connection nursery
+        finally:
+            self._reader = None
+            self._read_done = None
+            done.set()
+
+    async def drain(self, budget: float) -> bool:
+        """Read and discard the rest of the body, at most ``budget`` bytes (after
+        :meth:`close`, in the connection task). True if it all came."""
+        try:
+            while True:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    await self.read_inline()
+                elif not chunk:
+                    return True
+                else:
+                    budget -= len(chunk)
+                    if budget < 0:
+                        return False
+        except (HTTPError, ClientDisconnected):
+            return False
 
     async def wait_disconnected(self) -> None:
         if self._over:
             await trio.lowlevel.checkpoint()
             return
-        self._connection.watch_exchange(self._cycle)
+        self._connection.watch_exchange(self)
         if self._over_event is None:
             self._over_event = trio.Event()
         await self._over_event.wait()
 
     def end(self) -> None:
+        """The exchange is over for the handler: no more body, a read in flight is
+        cancelled, and ``wait_disconnected`` returns."""
         self._over = True
+        if self._reader is not None:
+            self._reader.cancel()
         if self._over_event is not None:
             self._over_event.set()
+
+    async def close(self) -> None:
+        """:meth:`end`, then wait until no read is in flight."""
+        self.end()
+        done = self._read_done
+        if done is not None:
+            await done.wait()
 
 
 @types.coroutine
@@ -828,6 +1030,18 @@ def _run_inline(
             raise
         except BaseException as exc:
             to_throw = exc
+
+
+def _reset(stream: trio.abc.Stream) -> None:
+    """Make the coming close a TCP reset: the client sees an error, never the clean
+    end that a close-delimited body (HTTP/1.0) cannot tell from a complete one."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already closed by the peer: nothing left to reset
 
 
 async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:

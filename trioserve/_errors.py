@@ -90,6 +90,15 @@ class ClientDisconnected(Exception):
     """
 
 
+class BodyUnavailable(RuntimeError):
+    """The request body was read after its exchange ended (the response is complete,
+    or the exchange was aborted). Adapters turn it into their own "no more body"
+    answer (ASGI: ``http.disconnect``)."""
+
+    def __init__(self) -> None:
+        super().__init__("the request body can only be read while its handler runs")
+
+
 def single_leaf(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member groups (trio's nurseries wrap
     what their bodies raise), or ``exc`` itself."""

@@ -11,7 +11,7 @@ Rules for this module:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
@@ -27,6 +27,9 @@ class RequestSource(Protocol):
 
     async def receive_body_chunk(self) -> bytes:
         """The next piece of body; ``b""`` once the body is complete.
+
+        Cancellation-safe: if cancelled, no byte was taken, and the next call goes on
+        exactly where this one would have.
 
         Raises:
             trioserve.HTTPError: the body is too large (413) or too slow (408).
@@ -48,6 +51,7 @@ class _BytesBody:
         self._data = data
 
     async def receive_body_chunk(self) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
         data, self._data = self._data, b""
         return data
 
@@ -74,12 +78,15 @@ class Request:
 
     The body is read with ``await request.body()`` (all of it, bounded by
     ``Config.max_body_size``) or ``async for chunk in request.stream()``; either can be
-    used once. Reading raises :class:`trioserve.HTTPError` (413, 408) or
+    used once. Both are safe to cancel (a handler's own timeout): no byte is lost, and
+    calling ``body()`` again, or iterating the same stream again, goes on where the
+    cancelled call stopped. Reading raises :class:`trioserve.HTTPError` (413, 408) or
     :class:`trioserve.ClientDisconnected`, which handlers normally let propagate.
     """
 
     __slots__ = (
         "_body_consumed",
+        "_body_parts",
         "_path",
         "_query",
         "_shutdown",
@@ -117,6 +124,7 @@ class Request:
         self._source: RequestSource = _BytesBody(body) if isinstance(body, bytes) else body
         self._shutdown = shutdown_event
         self._body_consumed = False
+        self._body_parts: list[bytes] | None = None  # what a cancelled body() had read
         self._path: str | None = None
         self._query: dict[str, list[str]] | None = None
         self._split: tuple[bytes, bytes] | None = None
@@ -176,11 +184,12 @@ class Request:
         """
         await self._source.wait_disconnected()
 
-    async def stream(self) -> AsyncGenerator[bytes, None]:
+    def stream(self) -> AsyncIterator[bytes]:
         """Yield the body piece by piece as it arrives; a piece is never empty.
 
         The server reads from the client only when the next piece is asked for, and
-        sends ``100 Continue`` (to a client that expects it) on the first ask.
+        sends ``100 Continue`` (to a client that expects it) on the first ask. A
+        cancelled ``__anext__`` loses nothing: the iterator stays usable.
 
         Raises:
             RuntimeError: the body was already consumed.
@@ -188,21 +197,22 @@ class Request:
             trioserve.ClientDisconnected: the client went away.
         """
         self._claim_body()
-        receive = self._source.receive_body_chunk
-        while chunk := await receive():
-            yield chunk
+        return _BodyIterator(self._source)
 
     async def body(self) -> bytes:
-        """Read and return the whole body (see :meth:`stream` for what it raises)."""
-        self._claim_body()
+        """Read and return the whole body (see :meth:`stream` for what it raises).
+
+        If cancelled, what was read is kept: calling ``body()`` again goes on from there.
+        """
+        parts = self._body_parts
+        if parts is None:
+            self._claim_body()
+            parts = self._body_parts = []
         receive = self._source.receive_body_chunk
-        first = await receive()
-        if not first:
-            return b""
-        chunks = [first]
         while chunk := await receive():
-            chunks.append(chunk)
-        return b"".join(chunks)
+            parts.append(chunk)
+        self._body_parts = None
+        return b"".join(parts)
 
     def _claim_body(self) -> None:
         if self._body_consumed:
@@ -211,6 +221,33 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.http_version}>"
+
+
+class _BodyIterator:
+    """The iterator :meth:`Request.stream` returns.
+
+    A class rather than an async generator: a generator that a cancellation passes
+    through is finished, and its next ``__anext__`` would say the body had ended.
+    """
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, source: RequestSource) -> None:
+        self._receive = source.receive_body_chunk
+
+    def __aiter__(self) -> _BodyIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._receive()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Nothing to release (the body stays with the connection); for symmetry with
+        async generators, which callers may close."""
+        await trio.lowlevel.checkpoint()
 
 
 def _split_target(target: str) -> tuple[bytes, bytes]:
