@@ -129,7 +129,9 @@ class LifespanProtocol:
         """Send ``lifespan.shutdown`` and wait for the application's answer.
 
         Problems (``lifespan.shutdown.failed``, an exception, an application that
-        already ended) are logged on ``trioserve.error``.
+        already ended) are logged on ``trioserve.error``. Bounded by
+        :data:`SHUTDOWN_TIMEOUT`; a cancellation (a forced shutdown) ends the wait
+        at once.
         """
         if self._phase != _STARTED or self._app_done:
             if self._phase == _STARTED:

@@ -52,8 +52,9 @@ def run(
     For programs (the examples and the command line use it): prints
     ``Serving on http://127.0.0.1:8000 (press CTRL+C to quit)`` to stderr once
     listening (with the real port when ``port`` is 0), then serves. The first SIGINT
-    (Ctrl+C) or SIGTERM starts a graceful shutdown, a second one forces it. Use it as
-    ``raise SystemExit(trioserve.run(handler, 8000))``.
+    (Ctrl+C) or SIGTERM starts a graceful shutdown, a second one forces it (nothing
+    waits any more, ``lifespan``'s exit included); later ones are logged and ignored.
+    Use it as ``raise SystemExit(trioserve.run(handler, 8000))``.
 
     Embedding applications call :func:`serve` instead and keep their own signals.
 

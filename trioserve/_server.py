@@ -8,6 +8,9 @@ Rules for this module:
    does: a burst of 1000 connections otherwise waits seconds for the last accept.
 3. Graceful shutdown is an event: it wakes the accept loops and every idle connection
    at once, then puts a deadline on the connection nursery. Nothing polls.
+4. A forced shutdown is cancellation: it cancels the connection nursery and, in
+   ``serve``, the scope around the ``lifespan`` too, so the lifespan's exit (an
+   adapter's drain included) is cut short without the engine knowing any adapter.
 """
 
 from __future__ import annotations
@@ -72,8 +75,13 @@ class Server:
         # when it starts): the accept loop counts them against max_connections.
         self._starting = 0
         self._finished = trio.Event()
-        #: True if a second signal forced the shutdown (see ``serve(handle_signals=...)``).
+        #: True once the shutdown was forced: ``shutdown(force=True)``, or a second
+        #: signal (see ``serve(handle_signals=...)``).
         self.forced = False
+        # What a forced shutdown cancels: the connection nursery, and serve()'s scope
+        # around the lifespan. One is registered before forcing or gets cancelled as
+        # it registers (see _cancel_when_forced).
+        self._hard_stops: list[trio.CancelScope] = []
 
     @property
     def ports(self) -> list[int]:
@@ -124,14 +132,17 @@ class Server:
 
         Resource handling: the listeners are closed when this returns. A graceful
         :meth:`shutdown` closes them at once, lets requests in flight finish within
-        ``Config.shutdown_timeout`` and then returns; cancelling the surrounding scope
-        is the hard stop that closes everything now.
+        ``Config.shutdown_timeout`` and then returns; a forced one
+        (``shutdown(force=True)``), like cancelling the surrounding scope, is the hard
+        stop that closes everything now.
         """
         self.listeners = list(listeners)
         tracker = self._tracker
+        counters = tracker.counters
         self._serving = True
         try:
             async with trio.open_nursery() as connections:
+                self._cancel_when_forced(connections.cancel_scope)
                 try:
                     async with trio.open_nursery() as acceptors:
                         for listener in self.listeners:
@@ -144,7 +155,6 @@ class Server:
                         await trio.aclose_forcefully(listener)
                 # Graceful shutdown: idle connections were woken and close; requests in
                 # flight get until the deadline, then are cancelled.
-                counters = tracker.counters
                 error_logger.info(
                     "shutting down: %d connections in flight, %d idle",
                     counters.connections_open - tracker.idle_count,
@@ -153,12 +163,19 @@ class Server:
                 connections.cancel_scope.deadline = (
                     trio.current_time() + self.config.shutdown_timeout
                 )
-            error_logger.info(
-                "shutdown complete: %d connections cut off at the %.4g s timeout",
-                counters.shutdown_cutoffs,
-                self.config.shutdown_timeout,
-            )
+            if not self.forced:
+                error_logger.info(
+                    "shutdown complete: %d connections cut off at the %.4g s timeout",
+                    counters.shutdown_cutoffs,
+                    self.config.shutdown_timeout,
+                )
         finally:
+            # A forced shutdown's cancellation may belong to serve()'s scope and end
+            # this with Cancelled: say so here, where both ways pass.
+            if self.forced:
+                error_logger.warning(
+                    "forced shutdown: %d connections cut off", counters.shutdown_cutoffs
+                )
             self._finished.set()
 
     async def serve_connection(
@@ -192,22 +209,40 @@ class Server:
         )
         await connection.serve()
 
-    def _begin_shutdown(self) -> None:
-        self._tracker.begin_shutdown()
+    def _begin_shutdown(self, *, force: bool = False) -> None:
+        self._tracker.begin_shutdown()  # first, so the cut-off connections are counted
+        if force and not self.forced:
+            self.forced = True
+            for scope in self._hard_stops:
+                scope.cancel()
+
+    def _cancel_when_forced(self, scope: trio.CancelScope) -> None:
+        self._hard_stops.append(scope)
+        if self.forced:
+            scope.cancel()
 
     async def wait_finished(self) -> None:
         """Return once :meth:`serve_listeners` has returned (after a shutdown)."""
         await self._finished.wait()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, force: bool = False) -> None:
         """Shut down gracefully and return once every connection task has finished.
 
         Listeners close at once; idle connections close; requests in flight finish
         (their responses say ``Connection: close``) or are cancelled after
-        ``Config.shutdown_timeout``. Idempotent, and callable from any task.
+        ``Config.shutdown_timeout``. Idempotent, and callable from any task: calling
+        it again never forces anything, only ``force=True`` does.
+
+        Args:
+            force: the hard stop, at once or in the middle of a graceful shutdown
+                (what a second signal does): requests in flight are cancelled now and
+                :attr:`forced` becomes True. Under :func:`serve`, the ``lifespan``'s
+                exit is cancelled too (an ASGI application's tasks are cancelled and
+                lifespan shutdown is skipped). Connections you serve yourself with
+                :meth:`serve_connection` run in your nursery: cancel it to cut them off.
         """
         tracker = self._tracker
-        tracker.begin_shutdown()
+        self._begin_shutdown(force=force)
         if self._serving:
             await self._finished.wait()
             return
@@ -352,13 +387,16 @@ async def serve(
         shutdown_trigger: a ``trio.Event``, or an async callable: when the event is set
             or the call returns, graceful shutdown begins.
         handle_signals: the first SIGINT or SIGTERM begins graceful shutdown, a second
-            one forces it (connections are cancelled at once). Off by default, so an
-            embedding application keeps its own signal handling.
+            one forces it (``Server.shutdown(force=True)``: connections are cancelled
+            at once, and so is the exit of ``lifespan``); later ones are logged and
+            otherwise ignored until ``serve`` returns. Off by default, so an embedding
+            application keeps its own signal handling.
         task_status: reports the :class:`Server` once listening, so that
             ``server = await nursery.start(trioserve.serve, handler, 0)`` works.
 
-    Returns once graceful shutdown has finished. Cancelling the surrounding scope is
-    the hard stop: every connection is closed at once.
+    Returns once graceful shutdown has finished, or at once after a forced one
+    (``Server.forced`` tells which). Cancelling the surrounding scope is the hard stop:
+    every connection is closed at once.
 
     Example::
 
@@ -374,20 +412,31 @@ async def serve(
     config = config if config is not None else Config()
     server = Server(handler, config)
     try:
-        async with _enter_lifespan(lifespan):
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.serve_listeners, listeners)
-                if shutdown_trigger is not None:
-                    nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
-                if handle_signals:
-                    # Installed before we report that we serve: a SIGTERM sent the moment
-                    # a supervisor sees us listening must drain, not kill. (Before this,
-                    # during a slow startup, the default actions still apply.)
-                    await nursery.start(_shutdown_on_signals, server, nursery.cancel_scope)
-                task_status.started(server)
-                await server.wait_finished()
-                nursery.cancel_scope.cancel()
+        # The signal receiver lives out here, so that signals are handled until serve()
+        # returns: through the lifespan's exit, and after a forced shutdown (a third
+        # Ctrl+C must not become a KeyboardInterrupt).
+        async with trio.open_nursery() as outer:
+            # A forced shutdown cancels this scope: the lifespan's exit included.
+            with trio.CancelScope() as hard_stop:
+                server._cancel_when_forced(hard_stop)
+                async with _enter_lifespan(lifespan):
+                    listeners = await trio.open_tcp_listeners(
+                        port, host=host, backlog=config.backlog
+                    )
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(server.serve_listeners, listeners)
+                        if shutdown_trigger is not None:
+                            nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
+                        if handle_signals:
+                            # Installed before we report that we serve: a SIGTERM sent the
+                            # moment a supervisor sees us listening must drain, not kill.
+                            # (Before this, during a slow startup, the default actions
+                            # still apply.)
+                            await outer.start(_shutdown_on_signals, server)
+                        task_status.started(server)
+                        await server.wait_finished()
+                        nursery.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # A nursery wraps what its body raised; a failure to bind or to start is the
         # caller's to handle, as documented, so it is re-raised as itself.
@@ -434,22 +483,23 @@ async def _shutdown_on_trigger(server: Server, trigger: ShutdownTrigger) -> None
 
 async def _shutdown_on_signals(
     server: Server,
-    serving: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Runs until cancelled (when serve() returns): no signal is left to its default
+    action, KeyboardInterrupt, while any part of the shutdown still runs."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()  # the handlers are installed
         received = 0
         async for signum in signals:
             name = signal.Signals(signum).name
             received += 1
-            # The first signal is graceful even if a shutdown began another way.
-            if received == 1:
+            if server.forced:
+                error_logger.warning("%s received: the forced shutdown is under way", name)
+            elif received == 1:
+                # The first signal is graceful even if a shutdown began another way.
                 error_logger.info("%s received: shutting down gracefully", name)
                 server._begin_shutdown()
             else:
                 error_logger.warning("%s received again: forcing shutdown", name)
-                server.forced = True
-                serving.cancel()
-                return
+                server._begin_shutdown(force=True)

@@ -199,7 +199,10 @@ class ASGIHandler:
         the method itself: ``lifespan=handler.lifespan``) or ``async with``. On entry
         it opens a nursery for the application's tasks and runs lifespan startup; on
         exit (after the server has drained) it waits up to :data:`DRAIN_TIMEOUT` for
-        application tasks still running, then runs lifespan shutdown.
+        application tasks still running, then runs lifespan shutdown. An exit that is
+        cancelled (a forced shutdown of ``serve``, or the scope around ``async with``
+        cancelled) cancels the application's tasks at once and skips lifespan
+        shutdown, or cuts it short.
 
         Raises (on entry):
             LifespanFailure: startup failed; its ``message`` is the application's.
@@ -218,6 +221,9 @@ class _Host:
     generator would wrap whatever the server raises while serving (``OSError`` for a
     port in use) in an ``ExceptionGroup``. Here the server's exceptions go past the
     nursery untouched.
+
+    A forced shutdown reaches it as cancellation: ``serve`` cancels the scope the host
+    and its exit run in, so the engine needs to know no adapter.
     """
 
     __slots__ = (
@@ -269,11 +275,27 @@ class _Host:
         assert manager is not None
         assert nursery is not None
         handler._apps = None  # the server has drained: no request comes any more
+        lifespan = "skipped"
         try:
+            # Forced (this exit runs cancelled): no DRAIN_TIMEOUT for the application's
+            # tasks, they are cancelled with the host now; and no lifespan shutdown,
+            # which uvicorn also skips on a forced exit. Whoever forced the shutdown
+            # will not wait, and a shorter bounded wait would be one more timer to
+            # force through. The lifespan task is cancelled, not abandoned: its
+            # ``finally`` blocks and ``async with`` exits still run.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._draining.set()
             await self._apps_done.wait()
             if self._protocol is not None:
+                lifespan = "cut short"
                 await self._protocol.shutdown()
+        except trio.Cancelled:
+            error_logger.warning(
+                "ASGI host exit cancelled (forced shutdown or hard stop): application tasks"
+                " not drained%s",
+                f", lifespan shutdown {lifespan}" if self._protocol is not None else "",
+            )
+            raise
         finally:
             nursery.cancel_scope.cancel()
             handler._hosted = False
