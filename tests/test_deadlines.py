@@ -73,6 +73,36 @@ async def test_keep_alive_timeout_restarts_after_each_response(
     assert closed == last_response + DEFAULTS.keep_alive_timeout
 
 
+async def test_a_stray_crlf_on_an_idle_connection_keeps_it_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # RFC 9112 2.2: empty lines before a request line are ignored. They once moved
+    # the connection into the head phase: a 408 at header_timeout instead of a quiet
+    # close at keep_alive_timeout.
+    server = trioserve.Server(hello)
+    async with open_connection(hello, server=server) as stream:
+        await stream.send_all(GET)
+        assert parse_responses(await stream.receive_some())[0].status == 200
+        await trio.sleep(1)
+        await stream.send_all(b"\r")
+        await stream.send_all(b"\n\r\n")  # a CRLF split between reads, then another
+        answer, closed = await _closed_at(stream)
+    assert answer == b""
+    assert closed == DEFAULTS.keep_alive_timeout
+    stats = server.statistics()
+    assert (stats.keep_alive_timeouts, stats.header_timeouts, stats.responses_4xx) == (1, 0, 0)
+
+
+async def test_a_request_after_stray_crlfs_is_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_connection(hello) as stream:
+        await stream.send_all(b"\r\n")
+        await trio.sleep(1)
+        await stream.send_all(b"\r\n" + GET)
+        assert parse_responses(await stream.receive_some())[0].status == 200
+
+
 # --- header_timeout ------------------------------------------------------------------------
 
 

@@ -232,6 +232,20 @@ async def test_shutdown_closes_a_connection_in_the_middle_of_keep_alive(
         assert await receive_all(stream) == b""
 
 
+async def test_shutdown_closes_an_idle_connection_that_sent_a_stray_crlf_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(hello) as (server, listener):
+        stream = await listener.connect()
+        await stream.send_all(GET)
+        assert (await stream.receive_some()).startswith(b"HTTP/1.1 200 OK")
+        await stream.send_all(b"\r\n")
+        await trio.sleep(1)
+        await server.shutdown()
+        assert trio.current_time() == 1  # once waited for the 408 at header_timeout
+        assert await receive_all(stream) == b""
+
+
 async def test_shutdown_trigger_event_and_lifespan_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

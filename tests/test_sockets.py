@@ -43,6 +43,8 @@ class App:
             return Response(200, headers=[("content-type", "text/plain")], body=count(50))
         if request.path == "/upload":
             return await self.upload(request)
+        if request.path == "/fails-midway":
+            return Response(200, body=fails_midway())
         return Response(200, headers=[("content-type", "text/plain")], body=b"Hello, world!")
 
     async def upload(self, request: Request) -> Response:
@@ -64,6 +66,26 @@ async def count(n: int) -> AsyncIterator[bytes]:
     for i in range(n):
         yield b"line %d\n" % i
         await trio.lowlevel.checkpoint()
+
+
+async def fails_midway() -> AsyncIterator[bytes]:
+    yield b"part 1 of 3;"
+    await trio.sleep(0.05)
+    raise RuntimeError("the database went away")
+
+
+async def read_until_the_end(port: int, request: bytes) -> tuple[bytes, str]:
+    """What the server sent, and how the connection ended: "EOF" or "reset"."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    chunks = []
+    async with stream:
+        await stream.send_all(request)
+        try:
+            while data := await stream.receive_some(65536):
+                chunks.append(data)
+        except trio.BrokenResourceError:
+            return b"".join(chunks), "reset"
+    return b"".join(chunks), "EOF"
 
 
 @pytest.fixture
@@ -225,3 +247,54 @@ async def test_http10_and_tls_on_the_plain_port(
     assert http10.endswith(b"\r\n\r\nHello, world!")
     assert tls.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_an_aborted_close_delimited_body_ends_with_a_reset(
+    server: trioserve.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # HTTP/1.0 with no length: only the close says where the body ends, so a clean
+    # close after a failure would pass a cut body off as complete.
+    caplog.set_level(logging.CRITICAL, logger="trioserve")  # the failure is logged
+    with trio.fail_after(BOUND):
+        answer, ending = await read_until_the_end(
+            server.ports[0], b"GET /fails-midway HTTP/1.0\r\n\r\n"
+        )
+    assert answer.endswith(b"\r\n\r\npart 1 of 3;")
+    assert ending == "reset"
+    assert server.statistics().connections_aborted == 1
+
+
+async def test_the_shutdown_cut_off_of_a_close_delimited_body_is_a_reset(
+    nursery: trio.Nursery,
+) -> None:
+    streaming = trio.Event()
+
+    async def endless(request: Request) -> Response:
+        async def lines() -> AsyncIterator[bytes]:
+            while True:
+                yield b"line\n"
+                streaming.set()
+                await trio.sleep(0.01)
+
+        return Response(200, body=lines())
+
+    config = trioserve.Config(shutdown_timeout=0.2)
+    server: trioserve.Server = await nursery.start(
+        functools.partial(trioserve.serve, endless, 0, host="127.0.0.1", config=config)
+    )
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as inner:
+            outcome: list[tuple[bytes, str]] = []
+
+            async def read() -> None:
+                outcome.append(
+                    await read_until_the_end(server.ports[0], b"GET / HTTP/1.0\r\n\r\n")
+                )
+
+            inner.start_soon(read)
+            await streaming.wait()
+            await server.shutdown()
+    [(answer, ending)] = outcome
+    assert answer.endswith(b"line\n")
+    assert ending == "reset"
+    assert server.statistics().shutdown_cutoffs == 1
