@@ -22,9 +22,9 @@ import trio
 import trio.testing
 
 import trioserve
-import trioserve._asgi_http
+import trioserve.asgi._http
 from tests.asgi_apps.serving import serve_asgi
-from trioserve._asgi_lifespan import SHUTDOWN_TIMEOUT
+from trioserve.asgi._lifespan import SHUTDOWN_TIMEOUT
 from trioserve.asgi import (
     ABANDON_GRACE,
     ASGIHandler,
@@ -177,7 +177,7 @@ async def test_pathsend_aborted_while_the_file_opens_closes_it(
         return handle
 
     # The adapter looks the builtin up as a module global, so a global shadows it.
-    monkeypatch.setattr(trioserve._asgi_http, "open", gated_open, raising=False)
+    monkeypatch.setattr(trioserve.asgi._http, "open", gated_open, raising=False)
     sending = trio.Event()
     done = trio.Event()
     outcome: list[BaseException | None] = []

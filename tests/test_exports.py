@@ -24,6 +24,7 @@ PUBLIC = {
     "HTTPError",
     "HTTPVersionNotSupported",
     "HeaderFieldsTooLarge",
+    "Handler",
     "Headers",
     "Request",
     "RequestTimeout",

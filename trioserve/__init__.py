@@ -12,13 +12,14 @@ from ._errors import HeaderFieldsTooLarge as HeaderFieldsTooLarge
 from ._errors import HTTPError as HTTPError
 from ._errors import HTTPVersionNotSupported as HTTPVersionNotSupported
 from ._errors import RequestTimeout as RequestTimeout
+from ._errors import StartupError as StartupError
 from ._errors import URITooLong as URITooLong
+from ._handler import Handler as Handler
 from ._headers import Headers as Headers
 from ._request import Request as Request
 from ._response import Response as Response
 from ._run import run as run
 from ._server import Server as Server
-from ._server import StartupError as StartupError
 from ._server import serve as serve
 from ._stats import ServerStatistics as ServerStatistics
 from ._version import __version__ as __version__

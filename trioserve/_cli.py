@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 import trio
 
 from ._config import Config
-from ._connection import Handler
+from ._handler import Handler
 from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, describe_exception, run
 from ._server import Lifespan
 from ._version import __version__

@@ -67,6 +67,7 @@ from ._errors import (
     RequestTimeout,
     single_leaf,
 )
+from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
@@ -74,9 +75,8 @@ from ._request import Request
 from ._response import Response
 from ._tracker import ConnectionTracker
 
-__all__ = ["HTTPConnection", "Handler"]
+__all__ = ["HTTPConnection"]
 
-Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 #: Bytes asked of the stream per read (trio's own default for SocketStream).
@@ -179,7 +179,7 @@ class HTTPConnection:
         # Adapters whose applications learn of a vanished client their own way (ASGI's
         # http.disconnect) set ``watch_disconnect = False`` on the handler: the watcher
         # is then started only when someone calls Request.wait_disconnected().
-        self._auto_watch = bool(getattr(handler, "watch_disconnect", True))
+        self._auto_watch = watches_disconnect(handler)
         self._watcher_scope: trio.CancelScope | None = None
         self._watcher_done: trio.Event | None = None
         self._nursery: trio.Nursery | None = None

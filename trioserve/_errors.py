@@ -23,6 +23,7 @@ __all__ = [
     "HTTPVersionNotSupported",
     "HeaderFieldsTooLarge",
     "RequestTimeout",
+    "StartupError",
     "URITooLong",
 ]
 
@@ -80,6 +81,10 @@ class HTTPVersionNotSupported(HTTPError):
     """The request's HTTP major version is not 1: 505."""
 
     status_code = 505
+
+
+class StartupError(Exception):
+    """The ``lifespan`` hook (or an application's startup) failed; nothing was served."""
 
 
 class ClientDisconnected(Exception):

@@ -21,9 +21,10 @@ from typing import Final
 import trio
 
 from ._config import Config
-from ._connection import Handler
+from ._errors import StartupError
+from ._handler import Handler
 from ._logging import error_logger
-from ._server import Lifespan, Server, StartupError, serve
+from ._server import Lifespan, Server, serve
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -26,8 +26,9 @@ from typing import Final
 import trio
 
 from ._config import Config
-from ._connection import Handler, HTTPConnection
-from ._errors import single_leaf
+from ._connection import HTTPConnection
+from ._errors import StartupError, single_leaf
+from ._handler import Handler
 from ._logging import error_logger
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
@@ -35,7 +36,7 @@ from ._tracker import ConnectionTracker
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Lifespan", "Server", "ShutdownTrigger", "StartupError", "serve"]
+__all__ = ["Lifespan", "Server", "ShutdownTrigger", "serve"]
 
 #: ``serve(lifespan=...)``: a callable returning an async context manager.
 Lifespan = Callable[[], AbstractAsyncContextManager[object]]
@@ -444,10 +445,6 @@ async def serve(
         if isinstance(failure, (OSError, StartupError)):
             raise failure from None
         raise
-
-
-class StartupError(Exception):
-    """The ``lifespan`` hook (or an application's startup) failed; nothing was served."""
 
 
 @asynccontextmanager

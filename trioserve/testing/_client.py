@@ -14,7 +14,7 @@ import h11
 import trio
 
 from .._config import Config
-from .._connection import Handler
+from .._handler import Handler
 from .._headers import Headers
 from .._server import Server
 from ._streams import PipeStream, stream_pair

@@ -1,12 +1,5 @@
-"""Serve WSGI applications (PEP 3333), such as Flask or Django, with trioserve.
-
-::
-
-    import trio, trioserve
-    from trioserve.wsgi import WSGIHandler
-    from myproject import app          # any WSGI application, e.g. a Flask app
-
-    trio.run(trioserve.serve, WSGIHandler(app), 8000)
+"""WSGIHandler: a WSGI application's calls in worker threads, hosted by the
+connection task.
 
 The application runs in worker threads, so it never blocks the event loop; the
 connection's reads and writes stay in the connection task, under the server's
@@ -24,7 +17,7 @@ deadlines. How the two sides meet:
 2. **The connection task is the thread's host.** The thread posts one message at a
    time (a piece of body to send, a request for body to read) and blocks for the
    answer; whichever of the handler or the response body is running in the
-   connection task answers it (``_wsgi_mailbox``). Every socket read and write so
+   connection task answers it (``_mailbox``). Every socket read and write so
    happens in the connection task, under its cancel scopes and deadlines: no system
    tasks, no second reader of the socket. ``trio.from_thread.run`` would have needed
    exactly such a host task, or a system task per call outside every deadline.
@@ -55,13 +48,13 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ._errors import ClientDisconnected, HTTPError
-from ._logging import error_logger
-from ._request import Request
-from ._response import Response
-from ._wsgi_environ import build_environ, native_root_path
-from ._wsgi_mailbox import Finished, Mailbox, ReadBody, SendBody
-from ._wsgi_worker import ErrorStream, InputStream, WSGIWorker
+from .._errors import ClientDisconnected, HTTPError
+from .._logging import error_logger
+from .._request import Request
+from .._response import Response
+from ._environ import build_environ, native_root_path
+from ._mailbox import Finished, Mailbox, ReadBody, SendBody
+from ._worker import ErrorStream, InputStream, WSGIWorker
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

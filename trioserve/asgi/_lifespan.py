@@ -19,9 +19,9 @@ from typing import Final, Literal
 
 import trio
 
-from ._asgi_types import ASGI_VERSION, ASGIApp, Message, Scope
-from ._logging import error_logger
-from ._server import StartupError
+from .._errors import StartupError
+from .._logging import error_logger
+from ._types import ASGI_VERSION, ASGIApp, Message, Scope
 
 __all__ = ["LifespanFailure", "LifespanMode", "LifespanProtocol"]
 

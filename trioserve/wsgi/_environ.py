@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from ._request import Request
+from .._request import Request
 
 __all__ = ["Head", "build_environ", "native_root_path", "parse_head"]
 

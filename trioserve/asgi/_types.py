@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Final
 
-from ._errors import ClientDisconnected
+from .._errors import ClientDisconnected
 
 __all__ = [
     "ASGI_VERSION",

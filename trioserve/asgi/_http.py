@@ -35,7 +35,11 @@ from typing import Final
 
 import trio
 
-from ._asgi_types import (
+from .._errors import BodyUnavailable, ClientDisconnected, HTTPError
+from .._logging import error_logger
+from .._request import Request
+from .._response import Response
+from ._types import (
     ASGIApp,
     ClientDisconnectedError,
     Message,
@@ -43,10 +47,6 @@ from ._asgi_types import (
     message_bool,
     message_bytes,
 )
-from ._errors import BodyUnavailable, ClientDisconnected, HTTPError
-from ._logging import error_logger
-from ._request import Request
-from ._response import Response
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -26,8 +26,8 @@ from typing import Final
 
 import trio
 
-from ._errors import ClientDisconnected
-from ._wsgi_environ import Head
+from .._errors import ClientDisconnected
+from ._environ import Head
 
 __all__ = ["READ_BODY", "Finished", "Mailbox", "Message", "ReadBody", "SendBody"]
 

@@ -17,9 +17,9 @@ import io
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ._logging import error_logger
-from ._wsgi_environ import Head, parse_head
-from ._wsgi_mailbox import READ_BODY, Finished, Mailbox, SendBody
+from .._logging import error_logger
+from ._environ import Head, parse_head
+from ._mailbox import READ_BODY, Finished, Mailbox, SendBody
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -1,22 +1,9 @@
-"""Serve ASGI 3 applications (Starlette, FastAPI, ...) with trioserve.
-
-``ASGIHandler(app)`` is a trioserve handler; its ``lifespan`` method is what
-``trioserve.serve(..., lifespan=...)`` takes::
-
-    import functools, trio, trioserve
-    from trioserve.asgi import ASGIHandler
-
-    handler = ASGIHandler(app)
-    trio.run(functools.partial(trioserve.serve, handler, 8000, lifespan=handler.lifespan))
-
-Applications written for anyio (Starlette, FastAPI) run on trio unchanged. The
-``http`` and ``lifespan`` scopes are implemented in full (HTTP spec 2.4, lifespan
-2.0), with the ``http.response.pathsend`` extension. WebSocket is not served.
+"""ASGIHandler, and the host that keeps the applications' tasks for the server's
+lifetime.
 
 Rules for this module:
-1. It is the public door: the adapter lives in ``_asgi_http`` (one exchange) and
-   ``_asgi_lifespan`` (the lifespan protocol); here are only the handler and the host
-   that keeps the applications' tasks for the server's lifetime.
+1. The adapter lives in ``_http`` (one exchange) and ``_lifespan`` (the lifespan
+   protocol); here are only the handler and the host.
 2. Built on the engine's public surface (``Request``, ``Response``, ``serve``'s
    ``lifespan``), never the other way round.
 """
@@ -30,35 +17,14 @@ from urllib.parse import quote
 
 import trio
 
-from ._asgi_http import ABANDON_GRACE as ABANDON_GRACE
-from ._asgi_http import HTTPCycle
-from ._asgi_lifespan import LifespanFailure as LifespanFailure
-from ._asgi_lifespan import LifespanMode as LifespanMode
-from ._asgi_lifespan import LifespanProtocol
-from ._asgi_types import ASGI_VERSION
-from ._asgi_types import ASGIApp as ASGIApp
-from ._asgi_types import ClientDisconnectedError as ClientDisconnectedError
-from ._asgi_types import Message as Message
-from ._asgi_types import Receive as Receive
-from ._asgi_types import Scope as Scope
-from ._asgi_types import Send as Send
-from ._logging import error_logger
-from ._request import Request
-from ._response import Response
+from .._logging import error_logger
+from .._request import Request
+from .._response import Response
+from ._http import HTTPCycle
+from ._lifespan import LifespanMode, LifespanProtocol
+from ._types import ASGI_VERSION, ASGIApp, Scope
 
-__all__ = [
-    "ABANDON_GRACE",
-    "DRAIN_TIMEOUT",
-    "ASGIApp",
-    "ASGIHandler",
-    "ClientDisconnectedError",
-    "LifespanFailure",
-    "LifespanMode",
-    "Message",
-    "Receive",
-    "Scope",
-    "Send",
-]
+__all__ = ["DRAIN_TIMEOUT", "HTTP_SPEC_VERSION", "ASGIHandler"]
 
 #: The ASGI HTTP sub-specification version spoken here. 2.4 is the one that matters:
 #: ``send()`` raises an ``OSError`` once the client is gone (Starlette then streams
