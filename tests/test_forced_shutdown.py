@@ -180,7 +180,7 @@ async def test_shutdown_force_true_on_a_server_serving_listeners(
     assert server.forced
     assert await receive_all(in_flight) == b""
     assert server.statistics().shutdown_cutoffs == 1
-    assert "forced shutdown: 1 connections cut off" in caplog.text
+    assert "forced shutdown: 1 connection cut off" in caplog.text
 
 
 async def test_second_signal_cancels_a_lifespan_exit_that_hangs(

@@ -1,30 +1,27 @@
-"""serve() and Server: listeners, the connection nursery, limits on accept, shutdown.
+"""serve() and Server: listeners, the connection nursery, shutdown.
 
 Rules for this module:
 1. Every connection task lives in the server's one connection nursery; accept loops
-   live in a nursery inside it, so closing the listeners never touches connections.
-2. Accepting drains the listening socket's backlog on each readiness (bounded per
-   pass) instead of taking one connection per scheduler pass as ``trio.serve_tcp``
-   does: a burst of 1000 connections otherwise waits seconds for the last accept.
-3. Graceful shutdown is an event: it wakes the accept loops and every idle connection
+   (``_accept``) live in a nursery inside it, so closing the listeners never touches
+   connections.
+2. Graceful shutdown is an event: it wakes the accept loops and every idle connection
    at once, then puts a deadline on the connection nursery. Nothing polls.
-4. A forced shutdown is cancellation: it cancels the connection nursery and, in
+3. A forced shutdown is cancellation: it cancels the connection nursery and, in
    ``serve``, the scope around the ``lifespan`` too, so the lifespan's exit (an
    adapter's drain included) is cut short without the engine knowing any adapter.
 """
 
 from __future__ import annotations
 
-import errno
 import signal
 import socket as stdlib_socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final
 
 import trio
 
+from ._accept import Acceptor
 from ._config import Config
 from ._connection import HTTPConnection
 from ._errors import StartupError, single_leaf
@@ -42,16 +39,6 @@ __all__ = ["Lifespan", "Server", "ShutdownTrigger", "serve"]
 Lifespan = Callable[[], AbstractAsyncContextManager[object]]
 #: ``serve(shutdown_trigger=...)``: an event to wait for, or an async callable.
 ShutdownTrigger = trio.Event | Callable[[], Awaitable[object]]
-
-
-#: Connections taken from the backlog per readiness before yielding to the scheduler.
-#: Each scheduler pass serves every connection already accepted, so a burst taken 64
-#: at a time waited 16 passes for its last accept: wrk with 1000 connections measured
-#: p99 594-774 ms at 64 and about 405 ms at 1024 (a pass of accepting costs ~20 ms).
-ACCEPT_BATCH: Final = 1024
-#: Out of file descriptors or memory: wait this long before accepting again (as trio).
-ACCEPT_BACKOFF: Final = 0.1
-_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 class Server:
@@ -72,9 +59,6 @@ class Server:
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._tracker = ConnectionTracker()
         self._serving = False
-        # Connections accepted whose task has not started yet (it counts itself open
-        # when it starts): the accept loop counts them against max_connections.
-        self._starting = 0
         self._finished = trio.Event()
         #: True once the shutdown was forced: ``shutdown(force=True)``, or a second
         #: signal (see ``serve(handle_signals=...)``).
@@ -146,8 +130,9 @@ class Server:
                 self._cancel_when_forced(connections.cancel_scope)
                 try:
                     async with trio.open_nursery() as acceptors:
+                        accept = Acceptor(self.config, tracker, connections, self.serve_connection)
                         for listener in self.listeners:
-                            acceptors.start_soon(self._accept_loop, listener, connections)
+                            acceptors.start_soon(accept.serve_listener, listener)
                         task_status.started(self)
                         await tracker.shutdown_event.wait()
                         acceptors.cancel_scope.cancel()
@@ -157,8 +142,8 @@ class Server:
                 # Graceful shutdown: idle connections were woken and close; requests in
                 # flight get until the deadline, then are cancelled.
                 error_logger.info(
-                    "shutting down: %d connections in flight, %d idle",
-                    counters.connections_open - tracker.idle_count,
+                    "shutting down: %s in flight, %d idle",
+                    _connections(counters.connections_open - tracker.idle_count),
                     tracker.idle_count,
                 )
                 connections.cancel_scope.deadline = (
@@ -166,8 +151,8 @@ class Server:
                 )
             if not self.forced:
                 error_logger.info(
-                    "shutdown complete: %d connections cut off at the %.4g s timeout",
-                    counters.shutdown_cutoffs,
+                    "shutdown complete: %s cut off at the %.4g s timeout",
+                    _connections(counters.shutdown_cutoffs),
                     self.config.shutdown_timeout,
                 )
         finally:
@@ -175,7 +160,7 @@ class Server:
             # this with Cancelled: say so here, where both ways pass.
             if self.forced:
                 error_logger.warning(
-                    "forced shutdown: %d connections cut off", counters.shutdown_cutoffs
+                    "forced shutdown: %s cut off", _connections(counters.shutdown_cutoffs)
                 )
             self._finished.set()
 
@@ -250,97 +235,9 @@ class Server:
         while tracker.counters.connections_open:  # connections served one by one
             await tracker.wait_changed()
 
-    async def _accept_loop(
-        self, listener: trio.abc.Listener[trio.abc.Stream], connections: trio.Nursery
-    ) -> None:
-        sock = getattr(listener, "socket", None)
-        if isinstance(listener, trio.SocketListener) and sock is not None:
-            await self._accept_from_socket(listener, connections)
-            return
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                await _accept_failed(exc)
-                continue
-            # A Listener cannot say whether a client waits without accepting it, so
-            # room is made after the accept: evicting first would close an idle
-            # connection for a client that may never come.
-            try:
-                await self._wait_for_room()
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-            self._start_connection(connections, stream)
 
-    async def _accept_from_socket(
-        self, listener: trio.SocketListener, connections: trio.Nursery
-    ) -> None:
-        """Drain the backlog on each readiness, up to ACCEPT_BATCH per pass."""
-        # A duplicate of the listening descriptor, so accept() can run synchronously in
-        # a loop; it shares the kernel socket (and its non-blocking flag).
-        raw = stdlib_socket.socket(fileno=listener.socket.dup().detach())
-        try:
-            limit = self.config.max_connections
-            while True:
-                await trio.lowlevel.wait_readable(raw)
-                # A client waits in the backlog: make room for it at the cap (evict
-                # the longest-idle connection, or wait until one is idle or closes).
-                # Only a known waiting client evicts anyone.
-                await self._wait_for_room()
-                for _ in range(ACCEPT_BATCH):
-                    try:
-                        accepted, _ = raw.accept()
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        await _accept_failed(exc)
-                        break
-                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
-                    self._start_connection(connections, stream)
-                    if self._open_count() >= limit:
-                        break  # more after the next readiness, and room
-                await trio.lowlevel.checkpoint()
-        finally:
-            raw.close()
-
-    def _start_connection(self, connections: trio.Nursery, stream: trio.abc.Stream) -> None:
-        self._starting += 1
-        connections.start_soon(self._serve_accepted, stream)
-
-    async def _serve_accepted(self, stream: trio.abc.Stream) -> None:
-        # No checkpoint between here and the connection counting itself open.
-        self._starting -= 1
-        await self.serve_connection(stream)
-
-    def _open_count(self) -> int:
-        return self._tracker.counters.connections_open + self._starting
-
-    async def _wait_for_room(self) -> None:
-        """Return once a new connection fits under ``max_connections``.
-
-        At the cap, closes the longest-idle connection (one per new connection: an
-        eviction still closing counts as room), or waits until one is idle or
-        closes; meanwhile the kernel backlog holds new clients (backpressure).
-        """
-        tracker = self._tracker
-        limit = self.config.max_connections
-        while self._open_count() >= limit:
-            if self._open_count() - tracker.evictions_pending >= limit:
-                tracker.evict_oldest_idle()
-            await tracker.wait_changed()
-
-
-async def _accept_failed(exc: OSError) -> None:
-    if exc.errno in _RESOURCE_ERRORS:
-        error_logger.error(
-            "accept failed (%s); sleeping %.1f s",
-            errno.errorcode[exc.errno],
-            ACCEPT_BACKOFF,
-        )
-        await trio.sleep(ACCEPT_BACKOFF)
-    elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-        raise exc
+def _connections(count: int) -> str:
+    return "1 connection" if count == 1 else f"{count} connections"
 
 
 def _addresses(
