@@ -1,5 +1,6 @@
-"""FastAPI under trioserve: ``pip install trioserve fastapi``, then
-``trioserve examples.fastapi_app:app``.
+"""FastAPI under trioserve: with trioserve installed from its source tree
+(``python -m pip install -e .``), ``python -m pip install fastapi``, then, from the
+repository's root, ``trioserve examples.fastapi_app:app``.
 
 FastAPI (through Starlette and anyio) runs on trio unchanged: ``async def`` endpoints
 run in trioserve's trio event loop, and plain ``def`` endpoints in anyio's worker

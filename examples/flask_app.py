@@ -1,5 +1,6 @@
-"""Flask under trioserve: ``pip install trioserve flask``, then
-``trioserve examples.flask_app:app``.
+"""Flask under trioserve: with trioserve installed from its source tree
+(``python -m pip install -e .``), ``python -m pip install flask``, then, from the
+repository's root, ``trioserve examples.flask_app:app``.
 
 The WSGI application runs in worker threads (``--wsgi-max-threads``, 40 by default),
 so a slow view never blocks the server, while trioserve's deadlines still guard every

@@ -1,8 +1,11 @@
 """Hello, world: the smallest trioserve program.
 
 Run it with ``python examples/hello.py`` (``--port N`` to choose the port, ``0`` for
-any free one), then ``curl -v http://127.0.0.1:8000/``. Ctrl+C shuts it down
-gracefully; a second Ctrl+C forces it.
+any free one), then ``curl -v http://127.0.0.1:8000/``. Each response is logged on
+stderr (one Combined Log Format line, then its duration in seconds), as the command
+line does: ``trioserve.run`` sets that up when the program has not configured logging
+itself. Ctrl+C shuts it down gracefully, with a log line as it starts and one as it
+ends; a second Ctrl+C forces it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
-import logging
 import math
 import os
 import platform
@@ -37,6 +36,7 @@ import trio
 
 from ._config import Config
 from ._handler import Handler
+from ._logging import StderrHandler, configure_logging, error_logger
 from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, describe_exception, run
 from ._server import Lifespan
 from ._version import __version__
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
     from .asgi import ASGIApp
 
 __all__ = ["main"]
-
-error_logger = logging.getLogger("trioserve.error")
-access_logger = logging.getLogger("trioserve.access")
 
 Interface = Literal["native", "asgi", "wsgi"]
 InterfaceChoice = Literal["auto", "native", "asgi", "wsgi"]
@@ -482,35 +479,10 @@ def _root_path(text: str) -> str:
 
 # --- Logging ------------------------------------------------------------------------------
 
-
-# StreamHandler[TextIO] would fail at run time on Python 3.10 (generic from 3.11 on).
-class _CLIHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The command line's handler, told apart so a second setup replaces it."""
-
-
-def configure_logging(level: str, *, access_log: bool) -> None:
-    """Send ``trioserve.error`` (at ``level``) and ``trioserve.access`` to stderr.
-
-    The library configures no handlers; the command line does, on these two loggers
-    only (``propagate`` off, so a root handler the application installs does not
-    print each line twice). Calling it again replaces what it set up before.
-    """
-    error_handler = _CLIHandler(sys.stderr)
-    error_handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
-    )
-    # Access lines carry their own timestamp (Combined Log Format).
-    access_handler = _CLIHandler(sys.stderr)
-    access_handler.setFormatter(logging.Formatter("%(message)s"))
-    for logger, handler, logger_level in (
-        (error_logger, error_handler, logging.getLevelName(level.upper())),
-        (access_logger, access_handler, logging.INFO if access_log else logging.CRITICAL + 1),
-    ):
-        for old in [h for h in logger.handlers if isinstance(h, _CLIHandler)]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(logger_level)
-        logger.propagate = False
+# The setup lives in _logging, shared with trioserve.run(). tests/test_cli.py still names
+# the handler class by its old name here; drop this alias once it names
+# _logging.StderrHandler.
+_CLIHandler = StderrHandler
 
 
 # --- Loading the application ------------------------------------------------------------

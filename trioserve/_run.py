@@ -6,6 +6,9 @@ Rules for this module:
    a failed startup, Ctrl+C during startup) becomes one line and an exit status, never
    a traceback; the traceback goes to ``trioserve.error`` at DEBUG.
 2. It is built on :func:`serve` and never reaches into the server.
+3. A program that has not configured logging gets the command line's setup
+   (``_logging.configure_logging``): lifecycle lines and one access line per
+   response on stderr. A program that has configured it keeps its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import trio
 from ._config import Config
 from ._errors import StartupError
 from ._handler import Handler
-from ._logging import error_logger
+from ._logging import configure_logging, error_logger, logging_configured
 from ._server import Lifespan, Server, serve
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -57,7 +60,14 @@ def run(
     waits any more, ``lifespan``'s exit included); later ones are logged and ignored.
     Use it as ``raise SystemExit(trioserve.run(handler, 8000))``.
 
-    Embedding applications call :func:`serve` instead and keep their own signals.
+    Logging: unless the program has configured logging itself (a handler on the root
+    logger, as after ``logging.basicConfig()``, or a handler or level on the
+    ``trioserve`` loggers), ``trioserve.error`` and ``trioserve.access`` are sent to
+    stderr at INFO, as the command line does: the lifecycle lines (signals, shutdown)
+    and one Combined Log Format line per response, followed by its duration.
+
+    Embedding applications call :func:`serve` instead and keep their own signals
+    and logging.
 
     Args:
         handler: ``async def handler(request: Request) -> Response``.
@@ -78,6 +88,8 @@ def run(
     ``trioserve: startup failed: ...``, and log the traceback on ``trioserve.error``
     at DEBUG. Anything that goes wrong once serving has begun propagates as usual.
     """
+    if not logging_configured():
+        configure_logging("info", access_log=True)
     try:
         server = trio.run(
             functools.partial(_serve_and_report, handler, port, host, config, lifespan)

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import signal
 import socket as stdlib_socket
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
 from ._accept import Acceptor
 from ._config import Config
 from ._connection import HTTPConnection
-from ._errors import StartupError, single_leaf
+from ._errors import StartupError
 from ._handler import Handler
 from ._logging import error_logger
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Lifespan", "Server", "ShutdownTrigger", "serve"]
 
@@ -309,62 +305,74 @@ async def serve(
     """
     config = config if config is not None else Config()
     server = Server(handler, config)
+    # Bind first: a port in use fails here, as itself, before a slow startup runs; and
+    # every error below is raised from outside any nursery, never wrapped in a group.
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+    failure: StartupError | None = None
     try:
-        # The signal receiver lives out here, so that signals are handled until serve()
-        # returns: through the lifespan's exit, and after a forced shutdown (a third
-        # Ctrl+C must not become a KeyboardInterrupt).
-        async with trio.open_nursery() as outer:
-            # A forced shutdown cancels this scope: the lifespan's exit included.
-            with trio.CancelScope() as hard_stop:
-                server._cancel_when_forced(hard_stop)
-                async with _enter_lifespan(lifespan):
-                    listeners = await trio.open_tcp_listeners(
-                        port, host=host, backlog=config.backlog
-                    )
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(server.serve_listeners, listeners)
-                        if shutdown_trigger is not None:
-                            nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
-                        if handle_signals:
-                            # Installed before we report that we serve: a SIGTERM sent the
-                            # moment a supervisor sees us listening must drain, not kill.
-                            # (Before this, during a slow startup, the default actions
-                            # still apply.)
-                            await outer.start(_shutdown_on_signals, server)
-                        task_status.started(server)
-                        await server.wait_finished()
-                        nursery.cancel_scope.cancel()
-            outer.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # A nursery wraps what its body raised; a failure to bind or to start is the
-        # caller's to handle, as documented, so it is re-raised as itself.
-        failure = single_leaf(group)
-        if isinstance(failure, (OSError, StartupError)):
-            raise failure from None
-        raise
-
-
-@asynccontextmanager
-async def _enter_lifespan(lifespan: Lifespan | None) -> AsyncIterator[None]:
-    if lifespan is None:
-        yield
-        return
-    manager = lifespan()
-    try:
-        await manager.__aenter__()
-    except StartupError:
-        raise
-    except Exception as exc:
-        raise StartupError(f"startup failed: {exc!r}") from exc
-    failed = True
-    try:
-        yield
-        failed = False
+        # The signal receiver and the lifespan live in this nursery, so that signals
+        # are handled until serve() returns: through the lifespan's exit, and after a
+        # forced shutdown (a third Ctrl+C must not become a KeyboardInterrupt).
+        async with trio.open_nursery() as nursery:
+            lifespan_done = trio.Event()
+            try:
+                await nursery.start(_hold_lifespan, lifespan, server, lifespan_done)
+            except StartupError as exc:
+                failure = exc  # raised below, outside the nursery
+                nursery.cancel_scope.cancel()
+            else:
+                await nursery.start(server.serve_listeners, listeners)
+                if shutdown_trigger is not None:
+                    nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
+                if handle_signals:
+                    # Installed before we report that we serve: a SIGTERM sent the
+                    # moment a supervisor sees us listening must drain, not kill.
+                    # (Before this, during a slow startup, the default actions apply.)
+                    await nursery.start(_shutdown_on_signals, server)
+                task_status.started(server)
+                await lifespan_done.wait()  # after the drain and the lifespan's exit
+                nursery.cancel_scope.cancel()
     finally:
-        if failed:
-            await manager.__aexit__(*sys.exc_info())
-        else:
-            await manager.__aexit__(None, None, None)
+        if not server._serving:  # serve_listeners closes them once it has them
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+    if failure is not None:
+        raise failure
+
+
+async def _hold_lifespan(
+    lifespan: Lifespan | None,
+    server: Server,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Enter ``lifespan``, report started, and exit it once the server has finished.
+
+    An error on entry is a :class:`StartupError`, raised before ``started`` (so
+    ``nursery.start`` raises it as itself). A forced shutdown cancels the exit.
+    """
+    try:
+        with trio.CancelScope() as hard_stop:
+            server._cancel_when_forced(hard_stop)
+            if lifespan is None:
+                task_status.started()
+                await server.wait_finished()
+                return
+            entered = False
+            try:
+                async with lifespan():
+                    entered = True
+                    task_status.started()
+                    await server.wait_finished()
+            except StartupError:
+                raise
+            except Exception as exc:
+                if entered:
+                    raise
+                raise StartupError(f"startup failed: {exc!r}") from exc
+    finally:
+        done.set()
 
 
 async def _shutdown_on_trigger(server: Server, trigger: ShutdownTrigger) -> None:

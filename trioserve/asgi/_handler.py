@@ -10,8 +10,8 @@ Rules for this module:
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import ClassVar, Final, get_args
 from urllib.parse import quote
 
@@ -158,7 +158,7 @@ class ASGIHandler:
         apps.start_soon(cycle.run, self.app)
         return await cycle.wait_response()
 
-    def lifespan(self) -> _Host:
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
         """The host of the application's tasks, and the ASGI lifespan protocol.
 
         Returns an async context manager, for ``trioserve.serve(lifespan=...)`` (pass
@@ -174,73 +174,67 @@ class ASGIHandler:
             LifespanFailure: startup failed; its ``message`` is the application's.
             RuntimeError: this handler's lifespan is already running.
         """
-        return _Host(self)
+        return _Host(self).hosting()
 
     def __repr__(self) -> str:
         return f"ASGIHandler({self.app!r})"
 
 
 class _Host:
-    """The async context manager returned by :meth:`ASGIHandler.lifespan`.
+    """What :meth:`ASGIHandler.lifespan` enters: ``_Host(handler).hosting()``.
 
-    A class, not an ``@asynccontextmanager`` generator: a nursery entered in a
-    generator would wrap whatever the server raises while serving (``OSError`` for a
-    port in use) in an ``ExceptionGroup``. Here the server's exceptions go past the
-    nursery untouched.
+    Its nursery holds the application's tasks and the lifespan task. A startup
+    failure is raised after the nursery has closed, so it comes out as itself, not
+    wrapped in an exception group; exceptions raised inside ``async with`` come out
+    of the nursery as any nursery's do. (``serve`` holds the lifespan in a task of
+    its own, so nothing it raises while serving passes through here.)
 
     A forced shutdown reaches it as cancellation: ``serve`` cancels the scope the host
     and its exit run in, so the engine needs to know no adapter.
     """
 
-    __slots__ = (
-        "_apps_done",
-        "_draining",
-        "_handler",
-        "_manager",
-        "_nursery",
-        "_protocol",
-    )
+    __slots__ = ("_apps_done", "_draining", "_handler", "_protocol")
 
     def __init__(self, handler: ASGIHandler) -> None:
         self._handler = handler
-        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._nursery: trio.Nursery | None = None
         self._protocol: LifespanProtocol | None = None
         self._draining = trio.Event()
         self._apps_done = trio.Event()
 
-    async def __aenter__(self) -> None:
+    @asynccontextmanager
+    async def hosting(self) -> AsyncIterator[None]:
         handler = self._handler
         if handler._hosted:
             raise RuntimeError(f"the lifespan of {handler!r} is already running")
         handler._hosted = True
-        manager = self._manager = trio.open_nursery()
-        nursery = self._nursery = await manager.__aenter__()
+        failure: Exception | None = None
         try:
-            apps: trio.Nursery = await nursery.start(self._host_apps)
-            if handler.lifespan_mode != "off":
-                protocol = LifespanProtocol(handler.app, handler._state, handler.lifespan_mode)
-                if await protocol.startup(nursery):
-                    self._protocol = protocol
-        except BaseException:
-            # Startup failed: close the nursery and let the failure itself propagate.
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                try:
+                    apps: trio.Nursery = await nursery.start(self._host_apps)
+                    if handler.lifespan_mode != "off":
+                        protocol = LifespanProtocol(
+                            handler.app, handler._state, handler.lifespan_mode
+                        )
+                        if await protocol.startup(nursery):
+                            self._protocol = protocol
+                except Exception as exc:
+                    failure = exc  # raised below, outside the nursery: as itself
+                    nursery.cancel_scope.cancel()
+                else:
+                    handler._apps = apps
+                    try:
+                        yield
+                    finally:
+                        handler._apps = None  # the server has drained: no more requests
+                        await self._drain_and_shut_down()
+                        nursery.cancel_scope.cancel()
+        finally:
             handler._hosted = False
-            await manager.__aexit__(None, None, None)
-            raise
-        handler._apps = apps
+        if failure is not None:
+            raise failure
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        handler = self._handler
-        manager, nursery = self._manager, self._nursery
-        assert manager is not None
-        assert nursery is not None
-        handler._apps = None  # the server has drained: no request comes any more
+    async def _drain_and_shut_down(self) -> None:
         lifespan = "skipped"
         try:
             # Forced (this exit runs cancelled): no DRAIN_TIMEOUT for the application's
@@ -262,10 +256,6 @@ class _Host:
                 f", lifespan shutdown {lifespan}" if self._protocol is not None else "",
             )
             raise
-        finally:
-            nursery.cancel_scope.cancel()
-            handler._hosted = False
-            await manager.__aexit__(None, None, None)
 
     async def _host_apps(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         try:
