@@ -4,15 +4,23 @@ Rules for this module:
 1. It is the only server module that imports h11, and it never awaits: bytes go in,
    request heads and body pieces come out; responses go in, bytes come out.
 2. Where RFC 9112 allows a lenient and a strict reading, it takes the strict one that
-   leaves no room for request smuggling or desync, even where h11 is lenient. h11
-   merges repeated Content-Length fields and unfolds obs-fold lines before we see the
-   parsed head, so those checks look at the raw head bytes (see ``_check_raw_head``).
+   leaves no room for request smuggling or desync, even where h11 is lenient
+   (docs/framing.md lists the rules). h11 merges repeated Content-Length fields and
+   unfolds obs-fold lines before we see the parsed head, so those checks look at the
+   raw head bytes (see ``_check_raw_head``); h11 takes any byte but LF in a chunk
+   extension, so the chunked framing is checked on the raw body bytes as they are fed
+   (see ``_ChunkedFraming``).
 3. Every refusal is an ``HTTPError`` subclass that knows its status; the connection
    answers it and closes.
+4. A check that runs before h11 has parsed what it checks (a line of an incomplete head,
+   see ``_HeadLines``; a chunk-size line) follows h11's grammar wherever it is not
+   stricter on purpose, and checks in the same order as the complete parse: the same
+   bytes get the same answer however the reads split them.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import time
 from email.utils import formatdate
@@ -60,6 +68,41 @@ _RAW_HEAD_RE: Final = re.compile(
 )
 # The end of a head, as h11 finds it (it accepts bare LF line ends).
 _END_OF_HEAD_RE: Final = re.compile(rb"\n\r?\n")
+
+# A request line and a header field line as h11 matches them (h11/_abnf.py:
+# request_line, header_field), for the lines of an incomplete head. h11's field line,
+# ``token ":" OWS ( [^\x00\s]+ ( [ \t]+ [^\x00\s]+ )* )? OWS``, accepts exactly the
+# lines whose bytes after the colon are neither NUL nor whitespace other than SP and
+# HTAB (so a bare CR is refused): matched here as that, without backtracking.
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_FIELD_LINE_RE: Final = re.compile(_TOKEN + rb":[^\x00\n\r\x0b\x0c]*")
+
+# Methods are uppercase ASCII letters, "-" and "_": nginx's rule (ngx_http_parse.c,
+# sw_method), which every method in the IANA registry meets ("-" for VERSION-CONTROL,
+# BASELINE-CONTROL). RFC 9110 9.1 allows any token and makes methods case-sensitive,
+# so "get" is not GET but an unknown method; refusing it, and digits, also refuses a
+# desync at once: leftover body bytes read as a method ("loGET", "0GET") get 400
+# instead of being served as a request. A switch for the lenient reading would be a
+# Config field, and so a command-line flag (there is no flag kind for a bool yet).
+_METHOD_RE: Final = re.compile(rb"[A-Z_-]+")
+
+# The chunk-size line, RFC 9112 7.1 and 7.1.1:
+#   chunk-size [ chunk-ext ] CRLF
+#   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+#   chunk-ext-name = token; chunk-ext-val = token / quoted-string (RFC 9110 5.6.4)
+# with at most 16 hex digits: 2**64 - 1 (llhttp and nginx refuse sizes that overflow
+# their 64-bit counters; a size that does not fit in 16 digits is never meant). No
+# whitespace before the CRLF (h11 allows it; the grammar does not).
+_QUOTED_STRING: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_EXT_VAL: Final = rb"(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb")"
+_CHUNK_EXT: Final = rb"[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*" + _CHUNK_EXT_VAL + rb")?"
+_CHUNK_LINE_RE: Final = re.compile(rb"[0-9A-Fa-f]{1,16}(?:" + _CHUNK_EXT + rb")*\r\n")
+_MAX_CHUNK_SIZE_DIGITS: Final = 16
+_HEX_RUN_RE: Final = re.compile(rb"[0-9A-Fa-f]{0,%d}" % (_MAX_CHUNK_SIZE_DIGITS + 1))
+# Bytes that are never valid in a chunk-size line: controls but HTAB, and DEL (a CR
+# only as the first half of the CRLF; LF ends the line).
+_CHUNK_LINE_CTL_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class RequestHead:
@@ -111,10 +154,12 @@ class HTTP11Protocol:
 
     __slots__ = (
         "_body_received",
+        "_chunked",
         "_conn",
         "_cr_pending",
         "_declared_length",
         "_head_buf",
+        "_head_lines",
         "_http10_keep_alive",
         "_max_body_size",
         "_max_header_count",
@@ -137,6 +182,10 @@ class HTTP11Protocol:
         # Bytes of the request head being received (None once it has been parsed):
         # the first read as received (no copy, the common case), a bytearray after.
         self._head_buf: bytes | bytearray | None = b""
+        # Only while a head is incomplete (see next_request).
+        self._head_lines: _HeadLines | None = None
+        # Only while a chunked body is read (see _check_head).
+        self._chunked: _ChunkedFraming | None = None
         self._method = b""
         self._declared_length: int | None = None
         self._body_received = 0
@@ -158,6 +207,9 @@ class HTTP11Protocol:
                 return
         self._conn.receive_data(data)
         if buf is None:
+            chunked = self._chunked
+            if chunked is not None:
+                chunked.feed(data)
             return
         if not buf:
             self._head_buf = data
@@ -207,8 +259,14 @@ class HTTP11Protocol:
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
+            # Judge the head's complete lines first, as if they had come one per read,
+            # so that a split does not change the answer (rule 4).
+            self._head_line_checker().check(self._head_buf)
             raise self._protocol_error(exc) from exc
         if event is h11.NEED_DATA:
+            # h11 judges a head only once its blank line has come: a bad request line
+            # would wait for header_timeout (408). Each line is judged as it completes.
+            self._head_line_checker().check(self._head_buf)
             return NEED_DATA
         if type(event) is not h11.Request:
             # EOF between requests is handled by the connection before asking, so the
@@ -216,7 +274,14 @@ class HTTP11Protocol:
             raise BadRequest("connection closed in the middle of a request head")
         head_buf = self._head_buf
         self._head_buf = None
+        self._head_lines = None
         return self._check_head(event, head_buf)
+
+    def _head_line_checker(self) -> _HeadLines:
+        lines = self._head_lines
+        if lines is None:
+            lines = self._head_lines = _HeadLines(self._max_target_length)
+        return lines
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> HTTPError:
         status = exc.error_status_hint
@@ -236,14 +301,12 @@ class HTTP11Protocol:
         return buf is not None and b"\n" not in buf[: int(self._max_target_length) + 64]
 
     def _check_head(self, event: h11.Request, head_buf: bytes | bytearray | None) -> RequestHead:
-        # Step 1: only HTTP/1.x is spoken here (the HTTP/2 preface "PRI * HTTP/2.0"
-        # parses as a request line and ends here too). RFC 9110 15.6.6.
+        # Step 1: the request line (as _HeadLines judges it in an incomplete head).
+        # HTTP/1.2 and later 1.x are HTTP/1.1 to us (RFC 9110 2.5: a recipient of a
+        # higher minor version treats it as the highest it conforms to).
         version = event.http_version
-        if not version.startswith(b"1."):
-            raise HTTPVersionNotSupported(f"HTTP/{version.decode('ascii')} not supported")
+        _check_request_line(event.method, event.target, version, self._max_target_length)
         http_version = "1.0" if version == b"1.0" else "1.1"
-        if len(event.target) > self._max_target_length:
-            raise URITooLong("request target too long")
         pairs = list(event.headers)
         if len(pairs) > self._max_header_count:
             raise HeaderFieldsTooLarge("too many header fields")
@@ -269,6 +332,9 @@ class HTTP11Protocol:
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if hosts > 1:
             raise BadRequest("more than one Host header field")
+        if hosts == 0 and http_version == "1.1":
+            # h11 requires Host for exactly 1.1; 1.2 and later are 1.1 here too.
+            raise BadRequest("no Host header field in an HTTP/1.1 request (RFC 9112 3.2)")
         # A server that cannot tunnel answers CONNECT with 501 (RFC 9110 9.3.6, 15.6.2);
         # letting a handler answer 2xx would make h11 switch protocols mid-response.
         if event.method == b"CONNECT":
@@ -298,8 +364,15 @@ class HTTP11Protocol:
         # Step 5: a request with no body (no framing header, or Content-Length: 0;
         # RFC 9112 6.3) is complete now. Taking h11's EndOfMessage at once tells the
         # connection the body is done, so it can watch for a vanished client.
-        if not has_te and not self._declared_length:
-            self._conn.next_event()
+        if has_te:
+            # h11 has checked that the coding is chunked. Its buffer holds the body
+            # bytes received so far; the rest are fed to the framing check as they come.
+            chunked = self._chunked = _ChunkedFraming(self._max_body_size)
+            chunked.feed(self._conn.trailing_data[0])
+        else:
+            self._chunked = None
+            if not self._declared_length:
+                self._conn.next_event()
         return RequestHead(event.method, event.target, pairs, http_version)
 
     def next_body_chunk(self) -> bytes | _Sentinel:
@@ -307,10 +380,16 @@ class HTTP11Protocol:
 
         Raises:
             BadRequest: the body is malformed, or the client closed mid-body.
-            ContentTooLarge: a chunked body crossed ``Config.max_body_size``.
+            ContentTooLarge: a chunked body crossed ``Config.max_body_size``, or a
+                chunk-size line announced a chunk that would cross it.
         """
         if self._conn.their_state is not h11.SEND_BODY:
             return END  # already complete (h11 would only report NEED_DATA or PAUSED)
+        chunked = self._chunked
+        if chunked is not None:
+            refusal = chunked.due_refusal()
+            if refusal is not None:
+                raise refusal
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -318,11 +397,14 @@ class HTTP11Protocol:
         event_type = type(event)
         if event_type is h11.Data:
             data = bytes(event.data)  # type: ignore[union-attr]  # narrowed by event_type
+            if chunked is not None and event.chunk_end:  # type: ignore[union-attr]  # as above
+                chunked.chunk_ended()
             self._body_received += len(data)
             if self._body_received > self._max_body_size:
                 raise ContentTooLarge("body too large")
             return data
         if event_type is h11.EndOfMessage:
+            self._chunked = None
             return END
         if event is h11.NEED_DATA:
             return NEED_DATA
@@ -492,6 +574,220 @@ class HTTP11Protocol:
                 self.receive_data(leftover)
             return True
         return False
+
+
+class _HeadLines:
+    """Judges each line of an incomplete request head once, as soon as it is complete.
+
+    Lifetime: from a read that leaves a head incomplete to the parse of that head.
+    Searching resumes where the last search stopped and each line is matched once, so
+    a head trickled one byte per read costs linear time. The lines are matched as h11
+    will match them, request line first (rule 4); h11's 431 on an oversized incomplete
+    head still stops the buffer from growing.
+    """
+
+    __slots__ = ("_line_start", "_max_target_length", "_searched")
+
+    def __init__(self, max_target_length: float) -> None:
+        self._max_target_length = max_target_length
+        self._line_start = 0  # where the first line not yet judged begins
+        self._searched = 0  # no line of the head ends before this offset unjudged
+
+    def check(self, buf: bytes | bytearray | None) -> None:
+        """Judge the lines of ``buf`` (the head so far) completed since the last call.
+
+        Raises:
+            HTTPError: as ``_check_request_line``, or 400 for a malformed field line.
+        """
+        if not buf:
+            return
+        start = self._line_start
+        end = buf.find(b"\n", self._searched)
+        while end != -1:
+            # h11 splits a head at LF and drops one CR before it.
+            line = buf[start : end - 1 if end > start and buf[end - 1] == 0x0D else end]
+            if not line:
+                return  # the end of a complete head: the rest is h11's to judge
+            if start == 0:
+                match = _REQUEST_LINE_RE.fullmatch(line)
+                if match is None:
+                    raise BadRequest("malformed request line (RFC 9112 3)")
+                method, target, version = match.groups()
+                _check_request_line(method, target, version, self._max_target_length)
+            elif _FIELD_LINE_RE.fullmatch(line) is None:
+                if line[:1] in (b" ", b"\t"):
+                    raise BadRequest("obsolete line folding in a header (RFC 9112 5.2)")
+                raise BadRequest("malformed header field line (RFC 9112 5)")
+            start = end + 1
+            end = buf.find(b"\n", start)
+        self._line_start = start
+        self._searched = len(buf)
+
+
+def _check_request_line(
+    method: bytes, target: bytes, version: bytes, max_target_length: float
+) -> None:
+    # Only HTTP/1.x is spoken here (the HTTP/2 preface "PRI * HTTP/2.0" parses as a
+    # request line and ends here too). RFC 9110 15.6.6.
+    if not version.startswith(b"1."):
+        raise HTTPVersionNotSupported(f"HTTP/{version.decode('ascii')} not supported")
+    if len(target) > max_target_length:
+        raise URITooLong("request target too long")
+    # isalpha() and isupper() on bytes: all of A-Z (the common case, without a regex).
+    if not (method.isalpha() and method.isupper()) and _METHOD_RE.fullmatch(method) is None:
+        raise BadRequest("method not made of uppercase letters, '-' and '_'")
+
+
+class _ChunkPhase(enum.Enum):
+    SIZE_LINE = "chunk-size line"
+    DATA = "chunk data"
+    DATA_END = "CRLF after chunk data"
+    DONE = "last chunk seen, or refused"
+
+
+class _ChunkedFraming:
+    """Checks a chunked request body's framing on its raw bytes, as they are fed.
+
+    Lifetime: from the parse of a chunked request's head to its last-chunk line; the
+    trailer section after it is h11's (h11 matches its lines as header fields).
+
+    h11 matches a chunk-size line against ``chunk-size (";" .*)? OWS CRLF`` with up to
+    20 hex digits and drops the extensions, so a bare CR or a NUL in an extension, or a
+    size of 2**64 or more, passes it. This follows the same bytes and checks each line
+    against the grammar of RFC 9112 7.1 (``_CHUNK_LINE_RE``), refusing at the first
+    byte that can never be valid (a control byte, a 17th hex digit), and refuses a
+    chunk that would take the body over ``max_body_size`` when its size line arrives
+    (413, as a declared Content-Length over it).
+
+    What this relies on in h11 (h11/_readers.py, ChunkedReader): h11 gets the same
+    bytes in the same order, and reads a size line up to CRLF, then exactly that many
+    bytes of data, then exactly CRLF, until a size of 0; so both see the same lines.
+    It marks the last ``Data`` of each chunk with ``chunk_end``.
+
+    A refusal is kept (bytes are fed where no error is expected) and falls due where
+    it was found in the body: once h11 has handed out the data of every chunk before
+    it, and before h11 parses further. So the handler sees the same body bytes before
+    the refusal however the reads split the body (rule 4).
+    """
+
+    __slots__ = (
+        "_allowance",
+        "_checked",
+        "_chunks",
+        "_ended",
+        "_footer",
+        "_line",
+        "_phase",
+        "_refusal",
+        "_remaining",
+    )
+
+    def __init__(self, max_body_size: float) -> None:
+        self._phase = _ChunkPhase.SIZE_LINE
+        self._line = bytearray()  # the chunk-size line so far, when it spans reads
+        self._checked = 0  # bytes of _line already searched for control bytes
+        self._remaining = 0  # chunk data bytes still to come
+        self._footer = b""  # the part of the CRLF after chunk data still to come
+        self._allowance = max_body_size  # body bytes the chunks so far leave room for
+        self._chunks = 0  # chunks whose size line passed (the last chunk aside)
+        self._ended = 0  # chunks whose data h11 has handed out in full
+        self._refusal: HTTPError | None = None
+
+    def due_refusal(self) -> HTTPError | None:
+        """The refusal to raise before h11 parses more of the body, if any."""
+        if self._refusal is not None and self._ended >= self._chunks:
+            return self._refusal
+        return None
+
+    def chunk_ended(self) -> None:
+        """h11 handed out the last data of a chunk."""
+        self._ended += 1
+
+    def feed(self, data: bytes) -> None:
+        """Follow ``data``, the next bytes of the body (or of what follows it)."""
+        if self._phase is _ChunkPhase.DONE or not data:
+            return
+        try:
+            self._feed(data)
+        except HTTPError as exc:
+            self._refusal = exc
+            self._phase = _ChunkPhase.DONE
+
+    def _feed(self, data: bytes) -> None:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            phase = self._phase
+            if phase is _ChunkPhase.DATA:
+                taken = min(self._remaining, size - pos)
+                pos += taken
+                self._remaining -= taken
+                if not self._remaining:
+                    self._phase = _ChunkPhase.DATA_END
+                    self._footer = b"\r\n"
+            elif phase is _ChunkPhase.DATA_END:
+                footer = self._footer
+                got = data[pos : pos + len(footer)]
+                if not footer.startswith(got):
+                    raise BadRequest("chunk data not followed by CRLF (RFC 9112 7.1)")
+                pos += len(got)
+                self._footer = footer[len(got) :]
+                if not self._footer:
+                    self._phase = _ChunkPhase.SIZE_LINE
+            elif phase is _ChunkPhase.SIZE_LINE:
+                end = data.find(b"\n", pos)
+                if end == -1:
+                    self._line += data[pos:]
+                    self._check_partial_line()
+                    return
+                if self._line:
+                    line: bytes | bytearray = self._line + data[pos : end + 1]
+                    self._line = bytearray()
+                    self._checked = 0
+                else:
+                    line = data[pos : end + 1]
+                pos = end + 1
+                self._check_line(line)
+            else:
+                return  # the trailer section, then what follows the request
+
+    def _check_size(self, line: bytes | bytearray) -> int:
+        """The size a chunk-size line starts with (complete or not), or a refusal.
+
+        The same checks in the same order for a partial and a complete line, so the
+        answer does not depend on where the reads split it (rule 4).
+        """
+        run = _HEX_RUN_RE.match(line).end()  # type: ignore[union-attr]  # {0,n} always matches
+        size = int(line[: min(run, _MAX_CHUNK_SIZE_DIGITS)], 16) if run else 0
+        if size > self._allowance:
+            raise ContentTooLarge("a chunk would take the body over max_body_size")
+        if run > _MAX_CHUNK_SIZE_DIGITS:
+            raise BadRequest("chunk size of more than 16 hex digits (2**64 or more)")
+        if run < len(line) and (run == 0 or line[run] not in b" \t;\r"):
+            raise BadRequest("malformed chunk size (RFC 9112 7.1)")
+        return size
+
+    def _check_partial_line(self) -> None:
+        line = self._line
+        self._check_size(line)
+        # Only the bytes new since the last search, and the one before them: a CR that
+        # ended the last read is fine only if this read begins with the LF.
+        bad = _CHUNK_LINE_CTL_RE.search(line, max(self._checked - 1, 0))
+        if bad is not None and not (bad.start() == len(line) - 1 and line[-1] == 0x0D):
+            raise BadRequest("control byte in a chunk-size line (RFC 9112 7.1.1)")
+        self._checked = len(line)
+
+    def _check_line(self, line: bytes | bytearray) -> None:
+        size = self._check_size(line)
+        if _CHUNK_LINE_RE.fullmatch(line) is None:
+            raise BadRequest("malformed chunk-size line (RFC 9112 7.1.1)")
+        self._allowance -= size
+        if size:
+            self._phase = _ChunkPhase.DATA
+            self._remaining = size
+            self._chunks += 1
+        else:
+            self._phase = _ChunkPhase.DONE
 
 
 def _check_raw_head(buf: bytes | bytearray, max_header_size: int, has_length: bool) -> None:
