@@ -8,7 +8,8 @@ Rules for this module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Final
 
 __all__ = ["Counters", "ServerStatistics"]
 
@@ -67,55 +68,35 @@ class ServerStatistics:
     shutdown_cutoffs: int = 0
 
 
+@dataclass(slots=True, kw_only=True)
 class Counters:
-    """The mutable counters behind :class:`ServerStatistics` (one per server)."""
+    """The mutable counters behind :class:`ServerStatistics` (one per server).
 
-    __slots__ = (
-        "bad_requests",
-        "bodies_too_large",
-        "body_timeouts",
-        "client_disconnects",
-        "connections_aborted",
-        "connections_evicted",
-        "connections_open",
-        "connections_total",
-        "handler_errors",
-        "header_timeouts",
-        "headers_too_large",
-        "keep_alive_timeouts",
-        "requests_served",
-        "responses_1xx",
-        "responses_2xx",
-        "responses_3xx",
-        "responses_4xx",
-        "responses_5xx",
-        "shutdown_cutoffs",
-        "targets_too_long",
-        "write_timeouts",
-    )
+    Each counter is named here and in :class:`ServerStatistics` (the frozen, documented
+    snapshot), and nowhere else: :meth:`snapshot` copies them by their field names.
+    """
 
-    def __init__(self) -> None:
-        self.connections_open = 0
-        self.connections_total = 0
-        self.requests_served = 0
-        self.responses_1xx = 0
-        self.responses_2xx = 0
-        self.responses_3xx = 0
-        self.responses_4xx = 0
-        self.responses_5xx = 0
-        self.header_timeouts = 0
-        self.body_timeouts = 0
-        self.write_timeouts = 0
-        self.keep_alive_timeouts = 0
-        self.bad_requests = 0
-        self.bodies_too_large = 0
-        self.targets_too_long = 0
-        self.headers_too_large = 0
-        self.handler_errors = 0
-        self.client_disconnects = 0
-        self.connections_evicted = 0
-        self.connections_aborted = 0
-        self.shutdown_cutoffs = 0
+    connections_open: int = 0
+    connections_total: int = 0
+    requests_served: int = 0
+    responses_1xx: int = 0
+    responses_2xx: int = 0
+    responses_3xx: int = 0
+    responses_4xx: int = 0
+    responses_5xx: int = 0
+    header_timeouts: int = 0
+    body_timeouts: int = 0
+    write_timeouts: int = 0
+    keep_alive_timeouts: int = 0
+    bad_requests: int = 0
+    bodies_too_large: int = 0
+    targets_too_long: int = 0
+    headers_too_large: int = 0
+    handler_errors: int = 0
+    client_disconnects: int = 0
+    connections_evicted: int = 0
+    connections_aborted: int = 0
+    shutdown_cutoffs: int = 0
 
     def count_response(self, status: int) -> None:
         if status < 200:
@@ -143,27 +124,8 @@ class Counters:
             self.bad_requests += 1
 
     def snapshot(self, *, connections_idle: int) -> ServerStatistics:
-        return ServerStatistics(
-            connections_idle=connections_idle,
-            connections_open=self.connections_open,
-            connections_total=self.connections_total,
-            requests_served=self.requests_served,
-            responses_1xx=self.responses_1xx,
-            responses_2xx=self.responses_2xx,
-            responses_3xx=self.responses_3xx,
-            responses_4xx=self.responses_4xx,
-            responses_5xx=self.responses_5xx,
-            header_timeouts=self.header_timeouts,
-            body_timeouts=self.body_timeouts,
-            write_timeouts=self.write_timeouts,
-            keep_alive_timeouts=self.keep_alive_timeouts,
-            bad_requests=self.bad_requests,
-            bodies_too_large=self.bodies_too_large,
-            targets_too_long=self.targets_too_long,
-            headers_too_large=self.headers_too_large,
-            handler_errors=self.handler_errors,
-            client_disconnects=self.client_disconnects,
-            connections_evicted=self.connections_evicted,
-            connections_aborted=self.connections_aborted,
-            shutdown_cutoffs=self.shutdown_cutoffs,
-        )
+        counts = {name: getattr(self, name) for name in _COUNTER_NAMES}
+        return ServerStatistics(connections_idle=connections_idle, **counts)
+
+
+_COUNTER_NAMES: Final = tuple(field.name for field in fields(Counters))
