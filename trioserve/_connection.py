@@ -27,11 +27,8 @@ Rules for this module:
    which handlers may do from other tasks, get a scope of their own.
 2. Nothing here is shielded from cancellation, so shutdown and deadlines act even
    while a send is stuck on a client that does not read.
-3. The handler runs in this task (no task per request). A watcher task that notices
-   a vanished client is started only if the handler suspends after the request body
-   is complete (see ``_run_inline``): a handler that answers at once costs no task.
-   A handler with ``watch_disconnect = False`` (the ASGI adapter) gets a watcher only
-   when someone awaits ``Request.wait_disconnected()``.
+3. The handler runs in this task (no task per request); the exchange with it (the
+   handler call, the request body, the disconnect watcher) is ``_exchange``'s.
 4. Errors are sorted at this boundary: protocol refusals get their status and a
    close; a handler failure before the response gets a 500; anything after the
    response started aborts the connection, never a truncated response that looks
@@ -39,37 +36,30 @@ Rules for this module:
    (HTTP/1.0) cut short reaches the client as an error, not as a clean end; so does
    the shutdown cut-off of a response in progress. Once the end of a response is on
    the wire, a failure to close its body is logged and the connection goes on.
-5. Only this connection's own tasks touch the stream, and never two at once in
-   the same direction. Handlers and applications may read the body from tasks of
-   their own: such a read is done for them by a reader task in this connection's
-   nursery (see ``_Exchange``); a ``100 Continue`` is owed to h11 synchronously and
-   written by the reader task or by this task's next write, whichever comes first,
-   never under a handler's cancel scope.
+5. This module and ``_exchange`` are the only code that reads or writes the stream,
+   and only the connection's own tasks do, never two at once in the same direction.
+   A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written
+   by the exchange's reader task or by this task's next write, whichever comes
+   first, never under a handler's cancel scope.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 import struct
-import types
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
-from typing import Final, NoReturn, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Final, NoReturn
 
-import h11  # only for LocalProtocolError raised by body framing on our side
 import trio
 
 from ._config import Config
-from ._errors import (
-    BodyUnavailable,
-    ClientDisconnected,
-    HTTPError,
-    RequestTimeout,
-    single_leaf,
-)
+from ._errors import ClientDisconnected, HTTPError, single_leaf
+from ._exchange import RECEIVE_SIZE, Exchange
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
-from ._http11 import END, NEED_DATA, HTTP11Protocol, RequestHead
+from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
 from ._request import Request
 from ._response import Response
@@ -77,13 +67,6 @@ from ._tracker import ConnectionTracker
 
 __all__ = ["HTTPConnection"]
 
-T = TypeVar("T")
-
-#: Bytes asked of the stream per read (trio's own default for SocketStream).
-RECEIVE_SIZE: Final = 65536
-#: Bytes asked per read of a large request body: four times fewer reads (and h11
-#: rounds) per megabyte, as asyncio's transports read (256 KiB).
-BODY_RECEIVE_SIZE: Final = 256 * 1024
 #: Large bodies are written in pieces of this size, each under its own write deadline,
 #: so ``write_timeout`` measures lack of progress rather than total transfer time.
 WRITE_CHUNK: Final = 256 * 1024
@@ -97,11 +80,21 @@ LINGER_BYTES: Final = 256 * 1024
 _debug_enabled = error_logger.isEnabledFor
 _INF: Final = float("inf")
 
-# What the connection task is doing, so that when its scope fires we know why.
-_IDLE: Final = 0  # waiting for a request's first bytes (tracker may cancel: close)
-_HEAD: Final = 1  # receiving the rest of a request head (deadline: 408)
-_HANDLER: Final = 2  # running the handler or a streamed body (no deadline)
-_WRITE: Final = 3  # writing (deadline: abort)
+
+class Phase(enum.Enum):
+    """What the connection task is doing, so that when its scope fires we know why."""
+
+    IDLE = "waiting for a request's first bytes"  # tracker may cancel: close quietly
+    HEAD = "receiving the rest of a request head"  # deadline: 408
+    HANDLER = "running the handler or a streamed body"  # no deadline
+    WRITE = "writing"  # deadline: abort
+
+
+# Module-level names for the hot path (a global lookup, not a class attribute one).
+_IDLE: Final = Phase.IDLE
+_HEAD: Final = Phase.HEAD
+_HANDLER: Final = Phase.HANDLER
+_WRITE: Final = Phase.WRITE
 
 
 class _Abort(Exception):
@@ -112,36 +105,28 @@ class HTTPConnection:
     """Serves HTTP/1.1 on one stream until it closes. Build one per connection."""
 
     __slots__ = (
-        "_auto_watch",
-        "_body_waited",
         "_client",
-        "_config",
         "_continue_sending",
-        "_counters",
         "_current",
-        "_current_request",
         "_evicted",
         "_first",
-        "_gone",
         "_handler",
-        "_in_handler",
         "_nursery",
         "_owed",
-        "_peer_eof",
         "_phase",
-        "_proto",
         "_response_open",
         "_scheme",
-        "_scope",
         "_server",
-        "_stream",
-        "_task",
         "_tracker",
-        "_watch_allowed",
-        "_watcher_done",
-        "_watcher_scope",
-        "_watcher_wanted",
+        "_watch",
         "_write_failed",
+        "config",
+        "counters",
+        "peer_eof",
+        "proto",
+        "scope",
+        "stream",
+        "task",
     )
 
     def __init__(
@@ -155,35 +140,28 @@ class HTTPConnection:
         server: tuple[str, int] | None = None,
         scheme: str = "http",
     ) -> None:
-        self._stream = stream
+        # Shared with the exchange (``_exchange``), which reads the body and watches.
+        self.stream = stream
+        self.config = config
+        self.counters = tracker.counters
+        self.proto = HTTP11Protocol(config)
+        self.scope = trio.CancelScope()  # replaced by the one serve() enters
+        self.task: trio.lowlevel.Task | None = None  # the connection task, once serving
+        self.peer_eof = False  # the client sent EOF, or the connection broke
         self._handler = handler
-        self._config = config
         self._tracker = tracker
-        self._counters = tracker.counters
         self._client = client
         self._server = server
         self._scheme = scheme
-        self._proto = HTTP11Protocol(config)
-        self._current: _Exchange | None = None
-        self._peer_eof = False
+        self._current: Exchange | None = None
         self._evicted = False
-        self._body_waited = 0.0
-        self._scope = trio.CancelScope()  # replaced by the one serve() enters
         self._phase = _IDLE
-        self._in_handler = False
-        self._gone = False  # the watcher cancelled the handler: the client is gone
         self._first = True
-        self._current_request: Request | None = None
-        self._watcher_wanted = False
-        self._watch_allowed = False  # from the handler's start until its response is out
         # Adapters whose applications learn of a vanished client their own way (ASGI's
         # http.disconnect) set ``watch_disconnect = False`` on the handler: the watcher
         # is then started only when someone calls Request.wait_disconnected().
-        self._auto_watch = watches_disconnect(handler)
-        self._watcher_scope: trio.CancelScope | None = None
-        self._watcher_done: trio.Event | None = None
+        self._watch = watches_disconnect(handler)
         self._nursery: trio.Nursery | None = None
-        self._task: trio.lowlevel.Task | None = None  # the connection task, once serving
         # A 100 Continue h11 was told about and nobody has written yet (rule 5), and
         # the event of its write while the reader task does it.
         self._owed = b""
@@ -200,15 +178,15 @@ class HTTPConnection:
         """
         tracker = self._tracker
         tracker.connection_opened()
-        self._task = trio.lowlevel.current_task()
+        self.task = trio.lowlevel.current_task()
         graceful = aborted = finished = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    with trio.CancelScope() as self._scope:
+                    with trio.CancelScope() as self.scope:
                         graceful = await self._serve_requests()
-                    if self._scope.cancelled_caught:
+                    if self.scope.cancelled_caught:
                         graceful = await self._scope_fired()
                 except _Abort:
                     aborted = True
@@ -220,18 +198,18 @@ class HTTPConnection:
                     nursery.cancel_scope.cancel()
             finished = True
             if aborted:
-                self._counters.connections_aborted += 1
+                self.counters.connections_aborted += 1
         finally:
             if not finished and tracker.shutting_down:
                 # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
-                self._counters.shutdown_cutoffs += 1
+                self.counters.shutdown_cutoffs += 1
             tracker.connection_closed(evicted=self._evicted)
             if graceful:
                 await self._close_gracefully()
             else:
                 if aborted or self._response_open:
-                    _reset(self._stream)
-                await trio.aclose_forcefully(self._stream)
+                    _reset(self.stream)
+                await trio.aclose_forcefully(self.stream)
 
     async def _scope_fired(self) -> bool:
         """The connection scope was cancelled: act on the phase it caught us in.
@@ -240,18 +218,19 @@ class HTTPConnection:
         the connection off.
         """
         phase = self._phase
-        if self._gone:
-            self._client_gone(self._current_request)
+        current = self._current
+        if current is not None and current.gone:
+            self._client_gone(current.request)
             raise _Abort
         if phase == _IDLE:
             # Idle too long (shutdown and eviction are seen before this can happen).
             self._count_idle_timeout()
             return False
         if phase == _HEAD:
-            self._counters.count_refusal(408)
-            with trio.CancelScope() as self._scope:  # a fresh scope for the answer
+            self.counters.count_refusal(408)
+            with trio.CancelScope() as self.scope:  # a fresh scope for the answer
                 await self._send_error(408)
-            if self._scope.cancelled_caught:
+            if self.scope.cancelled_caught:
                 self._write_timed_out()
             if access_logger.isEnabledFor(logging.INFO):
                 log_refusal(self._client, 408)
@@ -264,8 +243,8 @@ class HTTPConnection:
 
     async def _serve_requests(self) -> bool:
         """The request loop. Returns True if a response was sent before the close."""
-        config = self._config
-        proto = self._proto
+        config = self.config
+        proto = self.proto
         deadline = trio.current_time() + config.header_timeout
         served = 0
         while True:
@@ -294,10 +273,10 @@ class HTTPConnection:
         ``idle_deadline`` bounds the wait for the first byte. Raises HTTPError for a
         head that is refused (its status is counted here).
         """
-        proto = self._proto
+        proto = self.proto
         try:
             head = proto.next_request()
-            if head is NEED_DATA:
+            if head is HEAD_INCOMPLETE:
                 if not proto.has_partial_request:
                     if not await self._receive_first_bytes(idle_deadline, first=first):
                         return None
@@ -305,13 +284,13 @@ class HTTPConnection:
                 # The head deadline runs from accept for a first request (the idle
                 # deadline already is accept + header_timeout), and from the first
                 # byte for later ones. Progress never extends it (slowloris).
-                if head is NEED_DATA:
+                if head is HEAD_INCOMPLETE:
                     self._phase = _HEAD
                     if not first:
-                        self._scope.deadline = trio.current_time() + self._config.header_timeout
-                while head is NEED_DATA:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                    if self._scope.cancel_called:
+                        self.scope.deadline = trio.current_time() + self.config.header_timeout
+                while head is HEAD_INCOMPLETE:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if self.scope.cancel_called:
                         # The deadline passed as the bytes came: too late all the same.
                         # Deliver the cancellation now, in the _HEAD phase (408).
                         await trio.lowlevel.checkpoint()
@@ -320,7 +299,7 @@ class HTTPConnection:
                     proto.receive_data(data)
                     head = proto.next_request()
         except HTTPError as exc:
-            self._counters.count_refusal(exc.status_code)
+            self.counters.count_refusal(exc.status_code)
             raise
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
@@ -338,16 +317,16 @@ class HTTPConnection:
         preconnect deserves no answer.
         """
         tracker = self._tracker
-        scope = self._scope
+        scope = self.scope
         self._phase = _IDLE
         self._first = first
         scope.deadline = deadline
-        proto = self._proto
+        proto = self.proto
         tracker.enter_idle(scope)
         try:
             # Still idle until a byte of a request line comes: empty lines before it
             # are dropped as they arrive (RFC 9112 2.2), and the deadline stays.
-            while data := await self._stream.receive_some(RECEIVE_SIZE):
+            while data := await self.stream.receive_some(RECEIVE_SIZE):
                 proto.receive_data(data)
                 if proto.has_partial_request:
                     break
@@ -365,18 +344,17 @@ class HTTPConnection:
         if self._tracker.shutting_down or self._evicted:
             return
         if self._first:
-            self._counters.header_timeouts += 1
+            self.counters.header_timeouts += 1
         else:
-            self._counters.keep_alive_timeouts += 1
+            self.counters.keep_alive_timeouts += 1
 
     # --- One request/response exchange ---------------------------------------------------
 
     async def _exchange(self, head: RequestHead, *, last: bool) -> bool:
         """Run the handler and send its response. Returns whether to keep the
         connection for another request."""
-        self._body_waited = 0.0
-        exchange = self._current = _Exchange(self)
-        request = Request(
+        exchange = self._current = Exchange(self)
+        request = exchange.request = Request(
             method=head.method.decode("ascii"),
             target=head.target.decode("latin-1"),
             headers=Headers.from_raw(head.headers),
@@ -387,200 +365,126 @@ class HTTPConnection:
             body=exchange,
             shutdown_event=self._tracker.shutdown_event,
         )
-        self._current_request = request
         try:
             return await self._respond(request, exchange, last=last)
         finally:
-            self._current = None
             exchange.end()  # the request's body can no longer be read
+            if not exchange.gone:  # else _scope_fired looks at it
+                self._current = None
 
-    async def _respond(self, request: Request, exchange: _Exchange, *, last: bool) -> bool:
+    async def _respond(self, request: Request, exchange: Exchange, *, last: bool) -> bool:
         started = trio.current_time()
+        self._phase = _HANDLER
         try:
-            response: object = await self._call_handler(request)
+            response: object = await exchange.call(self._handler, request, watch=self._watch)
+            if not isinstance(response, Response):
+                raise TypeError(
+                    f"handler {self._handler!r} returned {response!r}, not a trioserve.Response"
+                )
         except _Abort:
             raise
         except BaseException as raised:
-            exc = single_leaf(raised)
-            if isinstance(exc, HTTPError):
-                await self._send_error(exc.status_code)
-                self._log_access(request, exc.status_code, 0, started)
-                return False
-            if isinstance(exc, ClientDisconnected):
-                self._client_gone(request)
+            status = self._sort_failure(request, raised, response_started=False)
+            if status is None:
                 raise _Abort from None
-            if not isinstance(exc, Exception):
-                raise
-            self._counters.handler_errors += 1
-            error_logger.error(
-                "handler %r raised while serving %r", self._handler, request, exc_info=exc
-            )
-            await self._send_error(500)
-            self._log_access(request, 500, 0, started)
-            return False
-        if not isinstance(response, Response):
-            self._counters.handler_errors += 1
-            error_logger.error(
-                "handler %r returned %r, not a trioserve.Response", self._handler, response
-            )
-            await self._send_error(500)
-            self._log_access(request, 500, 0, started)
+            await exchange.stop_watching()
+            await self._send_error(status)
+            self._log_access(request, status, 0, started)
             return False
 
-        proto = self._proto
+        proto = self.proto
         # EOF behind complete pipelined requests is a half-close (RFC 9112 9.6): they
         # are answered first, and the last answer says Connection: close.
         close = (
             last
-            or (self._peer_eof and not proto.has_pipelined_data)
+            or (self.peer_eof and not proto.has_pipelined_data)
             or self._tracker.shutting_down
-            or proto.unread_body_forces_close(self._config.max_drain_size)
+            or proto.unread_body_forces_close(self.config.max_drain_size)
         )
         size = await self._send_response(request, response, close=close)
-        await self._stop_watcher()
-        self._counters.requests_served += 1
-        self._counters.count_response(response.status)
+        await exchange.stop_watching()
+        self.counters.requests_served += 1
+        self.counters.count_response(response.status)
         self._log_access(request, response.status, size, started)
-        if close or (self._peer_eof and not proto.has_pipelined_data):
+        if close or (self.peer_eof and not proto.has_pipelined_data):
             return False
         if not proto.body_complete:
-            self._scope.deadline = _INF  # the drain has body deadlines of its own
+            self.scope.deadline = _INF  # the drain has body deadlines of its own
             await exchange.close()  # a read still in flight for the handler ends first
-            return await exchange.drain(self._config.max_drain_size)
+            return await exchange.drain(self.config.max_drain_size)
         return True
 
-    async def _call_handler(self, request: Request) -> object:
-        """Run the handler in this task; cancelled if the client vanishes meanwhile."""
-        self._phase = _HANDLER
-        self._watcher_wanted = self._auto_watch
-        self._watch_allowed = True
-        self._in_handler = True
-        try:
-            awaitable = self._handler(request)
-            if type(awaitable) is types.CoroutineType or isinstance(awaitable, Coroutine):
-                return await _run_inline(awaitable, self._on_handler_suspend)
-            self._on_handler_suspend()
-            return await awaitable
-        finally:
-            self._in_handler = False
-            self._watcher_wanted = False
+    def _sort_failure(
+        self, request: Request, raised: BaseException, *, response_started: bool
+    ) -> int | None:
+        """Sort what a handler (or its streamed body) raised: count and log it, and
+        return the status to answer with, or None when the connection must be cut
+        off (the response has started, or the client is gone). Anything that is not
+        an ``Exception`` (a cancellation, KeyboardInterrupt) propagates.
+        """
+        exc = single_leaf(raised)
+        if isinstance(exc, ClientDisconnected):
+            # The client went away (a streamed body may have read the request body).
+            self._client_gone(request)
+            return None
+        if isinstance(exc, HTTPError):
+            # Refused while reading the body (408, 413: counted where detected), or
+            # the handler's own answer.
+            if not response_started:
+                return exc.status_code
+            if _debug_enabled(logging.DEBUG):
+                error_logger.debug("%r refused mid-response (%s); aborting", request, exc)
+            return None
+        if not isinstance(exc, Exception):
+            raise raised
+        self.counters.handler_errors += 1
+        if not response_started:
+            error_logger.error(
+                "handler %r failed serving %r: %s", self._handler, request, exc, exc_info=exc
+            )
+            return 500
+        # A ResponseFramingError: the body ran long or ended short of its declared
+        # Content-Length. Anything else: the body's own failure.
+        error_logger.error(
+            "response body of %r failed after the response started; aborting the connection",
+            request,
+            exc_info=exc,
+        )
+        return None
 
     def _client_gone(self, request: Request | None) -> None:
-        self._counters.client_disconnects += 1
+        self.counters.client_disconnects += 1
         if _debug_enabled(logging.DEBUG):
             error_logger.debug("client %s went away during %r", self._client, request)
 
-    # --- Watching for a vanished client while the handler runs -------------------------
-
-    def _on_handler_suspend(self) -> None:
-        # Called each time the handler yields to trio. The idle or head deadline still
-        # set on the scope cannot fire before the handler's first checkpoint, so it is
-        # lifted only now: a handler that answers at once costs no deadline move.
-        if self._scope.deadline != _INF:
-            self._scope.deadline = _INF
-        # Start the watcher once the body is complete: before that, the body reads
-        # themselves notice a vanished client.
-        if self._watcher_wanted and self._proto.body_complete:
-            self._watcher_wanted = False
-            self._start_watcher()
-
-    def watch_exchange(self, exchange: _Exchange) -> None:
-        """Someone waits for ``exchange``'s client to go away: watch for it."""
-        if exchange is self._current:
-            self._start_watcher()
-
-    def _start_watcher(self) -> None:
-        # Only while the exchange runs and the body is in (until then the body reads
-        # notice a vanished client, and only one task may read the stream at a time).
-        if (
-            self._watcher_scope is None
-            and self._watch_allowed
-            and self._proto.body_complete
-            and not self._peer_eof
-            and (self._current is None or not self._current.reading)
-        ):
-            assert self._nursery is not None
-            self._watcher_scope = trio.CancelScope()
-            self._watcher_done = trio.Event()
-            self._nursery.start_soon(self._watch, self._watcher_scope, self._watcher_done)
-
-    async def _watch(self, scope: trio.CancelScope, done: trio.Event) -> None:
-        proto = self._proto
-        limit = self._config.max_header_size
-        buffered = 0
-        try:
-            with scope:
-                while buffered < limit:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        break
-                    # Pipelined requests: kept for after this response.
-                    proto.receive_data(data)
-                    buffered += len(data)
-                else:
-                    await trio.sleep_forever()  # enough buffered; the rest can wait
-                self._peer_gone()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._peer_gone()
-        finally:
-            done.set()
-
-    def _peer_gone(self) -> None:
-        self._peer_eof = True
+    def peer_gone(self) -> None:
+        """The client sent EOF or the connection broke (seen by a read of any task)."""
+        self.peer_eof = True
         # EOF behind pipelined requests is a half-close: they are still answered.
-        if self._proto.has_pipelined_data:
+        if self.proto.has_pipelined_data:
             return
-        if self._in_handler:
-            self._gone = True
-            self._scope.cancel()
         if self._current is not None:
-            self._current.end()
+            self._current.client_left()
 
-    async def _stop_watcher(self) -> None:
-        self._watch_allowed = False
-        scope, done = self._watcher_scope, self._watcher_done
-        if scope is not None and done is not None:
-            self._watcher_scope = self._watcher_done = None
-            scope.cancel()
-            await done.wait()
+    def start_soon(
+        self,
+        task: Callable[[trio.CancelScope, trio.Event], Awaitable[None]],
+        scope: trio.CancelScope,
+        done: trio.Event,
+    ) -> None:
+        """Start a task of this connection's own (the exchange's reader or watcher),
+        which runs in ``scope`` and sets ``done`` when it ends."""
+        assert self._nursery is not None
+        self._nursery.start_soon(task, scope, done)
 
-    # --- The request body --------------------------------------------------------------
+    # --- 100 Continue (rule 5) -----------------------------------------------------------
 
-    async def _receive_body_bytes(self) -> None:
-        """Read more body under the body deadlines (Config.body_timeout and rate).
-
-        Rate rule: after ``body_rate_grace`` seconds spent waiting for this body, the
-        body must have averaged ``body_min_rate`` bytes per second of waiting. Time
-        the handler spends between reads does not count against the client.
-        """
-        config = self._config
-        now = trio.current_time()
-        allowed = config.body_timeout
-        if config.body_min_rate > 0:
-            earned = max(config.body_rate_grace, self._proto.body_received / config.body_min_rate)
-            allowed = min(allowed, earned - self._body_waited)
-        try:
-            with trio.CancelScope(deadline=now + max(allowed, 0.0)) as scope:
-                data = await self._stream.receive_some(BODY_RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._peer_gone()
-            raise ClientDisconnected("connection lost mid-body") from exc
-        finally:
-            self._body_waited += trio.current_time() - now
-        if scope.cancelled_caught:
-            self._counters.body_timeouts += 1
-            raise RequestTimeout("request body too slow")
-        if not data:
-            self._peer_gone()
-            raise ClientDisconnected("client closed the connection mid-body")
-        self._proto.receive_data(data)
-
-    def _owe_continue(self) -> None:
+    def owe_continue(self) -> None:
         """Tell h11 that ``100 Continue`` is sent; the bytes wait in ``_owed`` (rule 5)."""
-        self._counters.responses_1xx += 1
-        self._owed += self._proto.informational_continue()
+        self.counters.responses_1xx += 1
+        self._owed += self.proto.informational_continue()
 
-    async def _flush_continue(self) -> None:
+    async def flush_continue(self) -> None:
         """Write an owed ``100 Continue`` (the reader task, before it reads)."""
         data = self._owed
         if not data:
@@ -588,31 +492,31 @@ class HTTPConnection:
         self._owed = b""
         sending = self._continue_sending = trio.Event()
         try:
-            with trio.move_on_after(self._config.write_timeout) as scope:
-                await self._stream.send_all(data)
+            with trio.move_on_after(self.config.write_timeout) as scope:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._write_cut_short()
-            self._peer_gone()
+            self.peer_gone()
             raise ClientDisconnected("connection lost before 100 Continue") from exc
         finally:
             self._continue_sending = None
             sending.set()
         if scope.cancelled_caught:
             self._write_cut_short()
-            self._counters.write_timeouts += 1
+            self.counters.write_timeouts += 1
             raise ClientDisconnected("client does not read its 100 Continue")
 
     def _write_cut_short(self) -> None:
         # h11 believes the bytes went out and the stream may hold part of them:
         # nothing more may be written on this connection.
-        self._proto.send_failed()
+        self.proto.send_failed()
         self._write_failed = True
 
     # --- Sending -------------------------------------------------------------------------
 
     async def _send_response(self, request: Request, response: Response, *, close: bool) -> int:
         """Send a whole response; returns the body bytes sent (for the access log)."""
-        proto = self._proto
+        proto = self.proto
         body = response.body
         if isinstance(body, bytes):
             head, body_allowed = proto.start_response(
@@ -646,39 +550,19 @@ class HTTPConnection:
         connection goes on with the next request.
         """
         try:
-            try:
-                sent = await self._stream_body(status, headers, body, close)
-            except BaseException:
-                # Closing the body is the handler's work (a WSGI thread to join, a
-                # pooled resource to give back): no write deadline over it. A write
-                # timeout that already fired stays fired (cancel_called is sticky).
-                self._scope.deadline = _INF
-                await _aclose_iterable(body)
-                raise
+            sent = await self._stream_body(status, headers, body, close)
         except _Abort:
+            await self._close_body(body)
             raise
-        except h11.LocalProtocolError as exc:
-            # The body ran long or ended short of its declared Content-Length.
-            self._handler_failed_mid_response(request, exc)
+        except BaseException as raised:
+            await self._close_body(body)
+            self._sort_failure(request, raised, response_started=True)
             raise _Abort from None
-        except ClientDisconnected:
-            # The body streamed the request body and the client went away.
-            self._client_gone(request)
-            raise _Abort from None
-        except HTTPError as exc:
-            # Refused while streaming (a request body too slow or too large, already
-            # counted where it was detected): too late for its status, so cut off.
-            if _debug_enabled(logging.DEBUG):
-                error_logger.debug("%r refused mid-response (%s); aborting", request, exc)
-            raise _Abort from None
-        except Exception as exc:
-            self._handler_failed_mid_response(request, exc)
-            raise _Abort from None
-        self._scope.deadline = _INF
+        self.scope.deadline = _INF
         try:
             await _aclose_iterable(body)
         except Exception as exc:
-            self._counters.handler_errors += 1
+            self.counters.handler_errors += 1
             error_logger.error(
                 "closing the response body of %r failed after the response was complete",
                 request,
@@ -693,7 +577,7 @@ class HTTPConnection:
         body: AsyncIterable[bytes],
         close: bool,
     ) -> int:
-        proto = self._proto
+        proto = self.proto
         head, body_allowed = proto.start_response(status, headers, None, close=close)
         self._response_open = True
         await self._send(head)
@@ -703,7 +587,7 @@ class HTTPConnection:
             return 0
         # The body may take its time to produce each chunk: no write deadline while it
         # does (the handler's work is not the client's slowness).
-        scope = self._scope
+        scope = self.scope
         scope.deadline = _INF
         sent = 0
         async for chunk in body:
@@ -718,13 +602,13 @@ class HTTPConnection:
         self._response_open = False
         return sent
 
-    def _handler_failed_mid_response(self, request: Request, exc: Exception) -> None:
-        self._counters.handler_errors += 1
-        error_logger.error(
-            "response body of %r failed after the response started; aborting the connection",
-            request,
-            exc_info=exc,
-        )
+    async def _close_body(self, body: AsyncIterable[bytes]) -> None:
+        # Closing the body is the handler's work (a WSGI thread to join, a pooled
+        # resource to give back): no write deadline over it. A write timeout that
+        # already fired stays fired (cancel_called is sticky). What closing raises
+        # here replaces the failure being handled, as a ``finally`` would.
+        self.scope.deadline = _INF
+        await _aclose_iterable(body)
 
     async def _send(self, data: bytes) -> None:
         """Write under the write deadline (the connection scope, in the _WRITE phase).
@@ -732,8 +616,8 @@ class HTTPConnection:
         Large data goes in WRITE_CHUNK pieces, each with a fresh deadline. A broken
         client aborts here; a stuck one makes the scope fire (see _scope_fired).
         """
-        scope = self._scope
-        timeout = self._config.write_timeout
+        scope = self.scope
+        timeout = self.config.write_timeout
         phase = self._phase
         self._phase = _WRITE
         try:
@@ -742,15 +626,15 @@ class HTTPConnection:
                 data = await self._after_continue(data)
             if len(data) <= WRITE_CHUNK:
                 scope.deadline = trio.current_time() + timeout
-                await self._stream.send_all(data)
+                await self.stream.send_all(data)
             else:
                 view = memoryview(data)
                 for offset in range(0, len(view), WRITE_CHUNK):
                     scope.deadline = trio.current_time() + timeout
-                    await self._stream.send_all(view[offset : offset + WRITE_CHUNK])
+                    await self.stream.send_all(view[offset : offset + WRITE_CHUNK])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._proto.send_failed()
-            self._counters.client_disconnects += 1
+            self.proto.send_failed()
+            self.counters.client_disconnects += 1
             if _debug_enabled(logging.DEBUG):
                 error_logger.debug("client %s went away while we wrote", self._client)
             raise _Abort from None
@@ -771,29 +655,28 @@ class HTTPConnection:
         return owed + data
 
     def _write_timed_out(self) -> NoReturn:
-        self._proto.send_failed()
-        self._counters.write_timeouts += 1
+        self.proto.send_failed()
+        self.counters.write_timeouts += 1
         if _debug_enabled(logging.DEBUG):
             error_logger.debug("client %s stopped reading; aborting", self._client)
         raise _Abort
 
     async def _send_error(self, status: int) -> None:
         """Send a complete error response with ``Connection: close``, if still possible."""
-        await self._stop_watcher()
-        proto = self._proto
+        proto = self.proto
         if proto.can_send_error_response():
-            self._counters.count_response(status)
+            self.counters.count_response(status)
             await self._send(proto.error_response(status))
 
     async def _close_gracefully(self) -> None:
         """Half-close, read what the client still sends for a moment, then close."""
-        stream = self._stream
+        stream = self.stream
         try:
             with trio.move_on_after(LINGER_SECONDS):
                 if isinstance(stream, trio.abc.HalfCloseableStream):
                     await stream.send_eof()
                 received = 0
-                while received < LINGER_BYTES and not self._peer_eof:
+                while received < LINGER_BYTES and not self.peer_eof:
                     data = await stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
@@ -821,215 +704,6 @@ class HTTPConnection:
                 headers.get("user-agent"),
                 trio.current_time() - started,
             )
-
-
-class _Exchange:
-    """One request's view of its connection: its body, and whether it is over.
-
-    Rules (the connection's rule 5, in detail):
-    1. At most one read of the stream is in flight (``_read_done`` is its event).
-       The connection task reads for itself when it is the one asking (a handler
-       running inline, a streamed response that reads the request); any other task
-       (an ASGI application, a handler's own child) gets its read done by a reader
-       task in the connection's nursery, and waits for it.
-    2. Reading is safe to cancel: an asker that is cancelled has taken nothing, and
-       what a read brings waits in h11's buffer for the next ask. (A cancelled
-       ``receive_some`` loses no byte on trio's sockets, TLS streams once the
-       handshake is done, and memory streams.)
-    3. ``100 Continue`` is owed the moment a read needs the client's bytes, and
-       written by connection code that no handler's cancel scope covers (the reader
-       task, or the connection's next write): a cancelled asker can never leave h11
-       believing it was sent when it was not, or a half-written one on the wire.
-    4. When the exchange is over (the response is complete, or it failed), reads
-       raise :class:`BodyUnavailable`, a read in flight is cancelled, and
-       :meth:`close` returns once it has stopped, so the connection may drain.
-
-    The body can be read only while the exchange runs; ``wait_disconnected`` returns
-    once the client is gone or the response has been sent (or the exchange failed).
-    """
-
-    __slots__ = (
-        "_connection",
-        "_error",
-        "_over",
-        "_over_event",
-        "_peeked",
-        "_read_done",
-        "_reader",
-    )
-
-    def __init__(self, connection: HTTPConnection) -> None:
-        self._connection = connection
-        self._over = False
-        self._over_event: trio.Event | None = None  # made only if someone waits
-        self._error: Exception | None = None  # the body failed: every read raises it
-        self._peeked: bytes | None = None  # a piece taken from h11 ahead of its ask
-        self._read_done: trio.Event | None = None  # set when the read in flight ends
-        self._reader: trio.CancelScope | None = None  # the reader task's, while it runs
-
-    @property
-    def reading(self) -> bool:
-        """Whether a read of the stream is in flight for this exchange."""
-        return self._read_done is not None
-
-    async def receive_body_chunk(self) -> bytes:
-        """The next piece of the request body; ``b""`` at its end (see the rules)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self._over and self._error is None:
-                raise BodyUnavailable
-            chunk = self._next_chunk()
-            if chunk is not None:
-                return chunk
-            await self._read()
-
-    def _next_chunk(self) -> bytes | None:
-        """A piece of body already received, ``b""`` at the end, None if a read is needed."""
-        if self._error is not None:
-            raise self._error
-        chunk = self._peeked
-        if chunk is not None:
-            self._peeked = None
-            return chunk
-        proto = self._connection._proto
-        try:
-            event = proto.next_body_chunk()
-        except HTTPError as exc:
-            raise self._refused(exc) from None
-        if not isinstance(event, bytes):
-            return b"" if event is END else None
-        # Look one step ahead, with no I/O: a body whose last bytes are in is then
-        # known complete at once (the disconnect watcher may start), and a refusal
-        # behind this piece is kept for the next read rather than losing the piece.
-        try:
-            ahead = proto.next_body_chunk()
-        except HTTPError as exc:
-            self._refused(exc)
-        else:
-            if isinstance(ahead, bytes):
-                self._peeked = ahead
-        return event
-
-    def _refused(self, exc: HTTPError) -> HTTPError:
-        self._connection._counters.count_refusal(exc.status_code)
-        self._error = exc
-        return exc
-
-    async def _read(self) -> None:
-        """Bring more body bytes into h11's buffer, or a failure into ``_error``."""
-        connection = self._connection
-        done = self._read_done
-        if done is None:
-            waiting_for_continue = connection._proto.they_are_waiting_for_100_continue
-            if trio.lowlevel.current_task() is connection._task and not waiting_for_continue:
-                await self.read_inline()
-                return
-            if waiting_for_continue:
-                connection._owe_continue()
-            done = self._read_done = trio.Event()
-            reader = self._reader = trio.CancelScope()
-            assert connection._nursery is not None
-            connection._nursery.start_soon(self._read_for_others, reader, done)
-        await done.wait()  # the read goes on if this task is cancelled (rule 2)
-
-    async def read_inline(self) -> None:
-        """Read in the connection task (no read may be in flight)."""
-        done = self._read_done = trio.Event()
-        try:
-            await self._connection._receive_body_bytes()
-        except (HTTPError, ClientDisconnected) as exc:
-            self._error = exc
-        finally:
-            self._read_done = None
-            done.set()
-
-    async def _read_for_others(self, reader: trio.CancelScope, done: trio.Event) -> None:
-        """The reader task: one read, for whichever tasks wait on ``done``."""
-        connection = self._connection
-        try:
-            with reader:
-                await connection._flush_continue()
-                await connection._receive_body_bytes()
-        except Exception as exc:  # HTTPError, ClientDisconnected, or a bug of ours:
-            self._error = exc  # raised to the asker, never into the connection nursery
-        finally:
-            self._reader = None
-            self._read_done = None
-            done.set()
-
-    async def drain(self, budget: float) -> bool:
-        """Read and discard the rest of the body, at most ``budget`` bytes (after
-        :meth:`close`, in the connection task). True if it all came."""
-        try:
-            while True:
-                chunk = self._next_chunk()
-                if chunk is None:
-                    await self.read_inline()
-                elif not chunk:
-                    return True
-                else:
-                    budget -= len(chunk)
-                    if budget < 0:
-                        return False
-        except (HTTPError, ClientDisconnected):
-            return False
-
-    async def wait_disconnected(self) -> None:
-        if self._over:
-            await trio.lowlevel.checkpoint()
-            return
-        self._connection.watch_exchange(self)
-        if self._over_event is None:
-            self._over_event = trio.Event()
-        await self._over_event.wait()
-
-    def end(self) -> None:
-        """The exchange is over for the handler: no more body, a read in flight is
-        cancelled, and ``wait_disconnected`` returns."""
-        self._over = True
-        if self._reader is not None:
-            self._reader.cancel()
-        if self._over_event is not None:
-            self._over_event.set()
-
-    async def close(self) -> None:
-        """:meth:`end`, then wait until no read is in flight."""
-        self.end()
-        done = self._read_done
-        if done is not None:
-            await done.wait()
-
-
-@types.coroutine
-def _run_inline(
-    coro: Coroutine[object, object, T], on_suspend: Callable[[], None]
-) -> Generator[object, object, T]:
-    """Await ``coro``, calling ``on_suspend()`` each time it yields to trio.
-
-    This is exactly ``await coro`` (every value and exception passes through
-    unchanged, so cancellation and trio's checkpoints work as usual), plus a hook
-    that lets the connection start its disconnect watcher only for handlers that
-    actually wait: a handler that returns without suspending costs no extra task.
-    """
-    to_send: object = None
-    to_throw: BaseException | None = None
-    while True:
-        try:
-            if to_throw is None:
-                yielded = coro.send(to_send)
-            else:
-                yielded, to_throw = coro.throw(to_throw), None
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        on_suspend()
-        try:
-            to_send = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            to_throw = exc
 
 
 def _reset(stream: trio.abc.Stream) -> None:

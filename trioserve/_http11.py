@@ -7,13 +7,13 @@ Rules for this module:
    leaves no room for request smuggling or desync, even where h11 is lenient
    (docs/framing.md lists the rules). h11 merges repeated Content-Length fields and
    unfolds obs-fold lines before we see the parsed head, so those checks look at the
-   raw head bytes (see ``_check_raw_head``); h11 takes any byte but LF in a chunk
+   raw head bytes (see ``check_raw_head``); h11 takes any byte but LF in a chunk
    extension, so the chunked framing is checked on the raw body bytes as they are fed
-   (see ``_ChunkedFraming``).
+   (see ``ChunkedFraming``).
 3. Every refusal is an ``HTTPError`` subclass that knows its status; the connection
    answers it and closes.
 4. A check that runs before h11 has parsed what it checks (a line of an incomplete head,
-   see ``_HeadLines``; a chunk-size line) follows h11's grammar wherever it is not
+   see ``HeadLines``; a chunk-size line) follows h11's grammar wherever it is not
    stricter on purpose, and checks in the same order as the complete parse: the same
    bytes get the same answer however the reads split them.
 """
@@ -21,10 +21,10 @@ Rules for this module:
 from __future__ import annotations
 
 import enum
-import re
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
-from typing import Final
+from typing import Final, Literal
 
 import h11
 
@@ -34,75 +34,45 @@ from ._errors import (
     ContentTooLarge,
     HeaderFieldsTooLarge,
     HTTPError,
-    HTTPVersionNotSupported,
     URITooLong,
 )
 from ._response import reason_phrase
+from ._strict import ChunkedFraming, HeadLines, check_raw_head, check_request_line
 
-__all__ = ["END", "NEED_DATA", "HTTP11Protocol", "RequestHead"]
-
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
+__all__ = [
+    "BODY_END",
+    "BODY_INCOMPLETE",
+    "HEAD_INCOMPLETE",
+    "HTTP11Protocol",
+    "RequestHead",
+    "ResponseFramingError",
+]
 
 
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-END: Final = _Sentinel("END")
+class _Signal(enum.Enum):
+    """What the receiving side returns when it has no head or body piece to give
+    (h11's ``NEED_DATA`` and ``PAUSED`` are sentinels in the same spirit). Each has a
+    name of its own, so a caller compares with ``is`` and mypy narrows the rest."""
+
+    HEAD_INCOMPLETE = "HEAD_INCOMPLETE"  # no complete request head yet: read more
+    BODY_INCOMPLETE = "BODY_INCOMPLETE"  # no body bytes buffered: read more
+    BODY_END = "BODY_END"  # the request body is complete
+
+
+HEAD_INCOMPLETE: Final = _Signal.HEAD_INCOMPLETE
+BODY_INCOMPLETE: Final = _Signal.BODY_INCOMPLETE
+BODY_END: Final = _Signal.BODY_END
+
+
+class ResponseFramingError(Exception):
+    """A response broke its own framing: its body ran past its ``content-length``, or
+    ended short of it (h11's ``LocalProtocolError``, translated at this wall)."""
+
 
 _INFORMATIONAL_100: Final = h11.InformationalResponse(
     status_code=100, headers=[], reason=b"Continue"
 )
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
-
-# A line break followed by whitespace (obs-fold, RFC 9112 5.2) or by a Content-Length
-# field, whose value is captured (RFC 9112 6.3: we refuse even repeated identical
-# values, in separate fields or as a list).
-_RAW_HEAD_RE: Final = re.compile(
-    rb"\n(?:([ \t])|content-length[ \t]*:[ \t]*([^\r\n]*))", re.IGNORECASE
-)
-# The end of a head, as h11 finds it (it accepts bare LF line ends).
-_END_OF_HEAD_RE: Final = re.compile(rb"\n\r?\n")
-
-# A request line and a header field line as h11 matches them (h11/_abnf.py:
-# request_line, header_field), for the lines of an incomplete head. h11's field line,
-# ``token ":" OWS ( [^\x00\s]+ ( [ \t]+ [^\x00\s]+ )* )? OWS``, accepts exactly the
-# lines whose bytes after the colon are neither NUL nor whitespace other than SP and
-# HTAB (so a bare CR is refused): matched here as that, without backtracking.
-_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
-_FIELD_LINE_RE: Final = re.compile(_TOKEN + rb":[^\x00\n\r\x0b\x0c]*")
-
-# Methods are uppercase ASCII letters, "-" and "_": nginx's rule (ngx_http_parse.c,
-# sw_method), which every method in the IANA registry meets ("-" for VERSION-CONTROL,
-# BASELINE-CONTROL). RFC 9110 9.1 allows any token and makes methods case-sensitive,
-# so "get" is not GET but an unknown method; refusing it, and digits, also refuses a
-# desync at once: leftover body bytes read as a method ("loGET", "0GET") get 400
-# instead of being served as a request. A switch for the lenient reading would be a
-# Config field, and so a command-line flag (there is no flag kind for a bool yet).
-_METHOD_RE: Final = re.compile(rb"[A-Z_-]+")
-
-# The chunk-size line, RFC 9112 7.1 and 7.1.1:
-#   chunk-size [ chunk-ext ] CRLF
-#   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
-#   chunk-ext-name = token; chunk-ext-val = token / quoted-string (RFC 9110 5.6.4)
-# with at most 16 hex digits: 2**64 - 1 (llhttp and nginx refuse sizes that overflow
-# their 64-bit counters; a size that does not fit in 16 digits is never meant). No
-# whitespace before the CRLF (h11 allows it; the grammar does not).
-_QUOTED_STRING: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_CHUNK_EXT_VAL: Final = rb"(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb")"
-_CHUNK_EXT: Final = rb"[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*" + _CHUNK_EXT_VAL + rb")?"
-_CHUNK_LINE_RE: Final = re.compile(rb"[0-9A-Fa-f]{1,16}(?:" + _CHUNK_EXT + rb")*\r\n")
-_MAX_CHUNK_SIZE_DIGITS: Final = 16
-_HEX_RUN_RE: Final = re.compile(rb"[0-9A-Fa-f]{0,%d}" % (_MAX_CHUNK_SIZE_DIGITS + 1))
-# Bytes that are never valid in a chunk-size line: controls but HTAB, and DEL (a CR
-# only as the first half of the CRLF; LF ends the line).
-_CHUNK_LINE_CTL_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class RequestHead:
@@ -183,9 +153,9 @@ class HTTP11Protocol:
         # the first read as received (no copy, the common case), a bytearray after.
         self._head_buf: bytes | bytearray | None = b""
         # Only while a head is incomplete (see next_request).
-        self._head_lines: _HeadLines | None = None
+        self._head_lines: HeadLines | None = None
         # Only while a chunked body is read (see _check_head).
-        self._chunked: _ChunkedFraming | None = None
+        self._chunked: ChunkedFraming | None = None
         self._method = b""
         self._declared_length: int | None = None
         self._body_received = 0
@@ -193,6 +163,23 @@ class HTTP11Protocol:
 
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_size)
+
+    def _restart_h11(self, leftover: bytes, *, closed: bool) -> None:
+        """Go on with a fresh ``h11.Connection`` fed what the last one had not parsed.
+
+        Relies on h11's ``trailing_data`` (public: the bytes received past the last
+        event, and whether EOF came) being all the state a connection carries from one
+        request to the next once both sides are DONE or the response was framed with a
+        length: a new cycle has nothing else to lose. Used where h11 itself would not go
+        on (an HTTP/1.0 keep-alive) or would refuse what comes (empty lines first).
+        """
+        self._conn = self._new_h11()
+        self._head_buf = b""
+        self._method = b""
+        if leftover:  # receive_data(b"") would tell the new h11 the peer sent EOF
+            self.receive_data(leftover)
+        if closed:
+            self._conn.receive_data(b"")
 
     # --- Receiving -------------------------------------------------------------------
 
@@ -247,15 +234,15 @@ class HTTP11Protocol:
         """Whether bytes past the current request wait unprocessed (rarely asked)."""
         return self._conn.their_state is h11.DONE and bool(self._conn.trailing_data[0])
 
-    def next_request(self) -> RequestHead | _Sentinel:
-        """Parse the next request head, or return ``NEED_DATA``.
+    def next_request(self) -> RequestHead | Literal[_Signal.HEAD_INCOMPLETE]:
+        """Parse the next request head, or return ``HEAD_INCOMPLETE``.
 
         Raises:
             HTTPError: the head is malformed (400), too large (414, 431), frames its
                 body ambiguously (400), or is not HTTP/1.x (505).
         """
         if not self._head_buf:
-            return NEED_DATA  # nothing received yet: no need to ask h11
+            return HEAD_INCOMPLETE  # nothing received yet: no need to ask h11
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -267,7 +254,7 @@ class HTTP11Protocol:
             # h11 judges a head only once its blank line has come: a bad request line
             # would wait for header_timeout (408). Each line is judged as it completes.
             self._head_line_checker().check(self._head_buf)
-            return NEED_DATA
+            return HEAD_INCOMPLETE
         if type(event) is not h11.Request:
             # EOF between requests is handled by the connection before asking, so the
             # only other event here is ConnectionClosed after an EOF mid-head.
@@ -277,10 +264,10 @@ class HTTP11Protocol:
         self._head_lines = None
         return self._check_head(event, head_buf)
 
-    def _head_line_checker(self) -> _HeadLines:
+    def _head_line_checker(self) -> HeadLines:
         lines = self._head_lines
         if lines is None:
-            lines = self._head_lines = _HeadLines(self._max_target_length)
+            lines = self._head_lines = HeadLines(self._max_target_length)
         return lines
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> HTTPError:
@@ -301,11 +288,11 @@ class HTTP11Protocol:
         return buf is not None and b"\n" not in buf[: int(self._max_target_length) + 64]
 
     def _check_head(self, event: h11.Request, head_buf: bytes | bytearray | None) -> RequestHead:
-        # Step 1: the request line (as _HeadLines judges it in an incomplete head).
+        # Step 1: the request line (as HeadLines judges it in an incomplete head).
         # HTTP/1.2 and later 1.x are HTTP/1.1 to us (RFC 9110 2.5: a recipient of a
         # higher minor version treats it as the highest it conforms to).
         version = event.http_version
-        _check_request_line(event.method, event.target, version, self._max_target_length)
+        check_request_line(event.method, event.target, version, self._max_target_length)
         http_version = "1.0" if version == b"1.0" else "1.1"
         pairs = list(event.headers)
         if len(pairs) > self._max_header_count:
@@ -343,7 +330,7 @@ class HTTP11Protocol:
         # Content-Length fields, and a head over max_header_size that arrived in one
         # read (h11 enforces max_incomplete_event_size only on incomplete heads).
         if head_buf is not None:
-            _check_raw_head(head_buf, self._max_header_size, has_length)
+            check_raw_head(head_buf, self._max_header_size, has_length)
         # Step 4: a declared body over the limit is refused before any of it is read
         # and before any 100 Continue.
         self._method = event.method
@@ -367,7 +354,7 @@ class HTTP11Protocol:
         if has_te:
             # h11 has checked that the coding is chunked. Its buffer holds the body
             # bytes received so far; the rest are fed to the framing check as they come.
-            chunked = self._chunked = _ChunkedFraming(self._max_body_size)
+            chunked = self._chunked = ChunkedFraming(self._max_body_size)
             chunked.feed(self._conn.trailing_data[0])
         else:
             self._chunked = None
@@ -375,8 +362,10 @@ class HTTP11Protocol:
                 self._conn.next_event()
         return RequestHead(event.method, event.target, pairs, http_version)
 
-    def next_body_chunk(self) -> bytes | _Sentinel:
-        """Return the next piece of request body, ``NEED_DATA``, or ``END``.
+    def next_body_chunk(
+        self,
+    ) -> bytes | Literal[_Signal.BODY_INCOMPLETE, _Signal.BODY_END]:
+        """Return the next piece of request body, ``BODY_INCOMPLETE``, or ``BODY_END``.
 
         Raises:
             BadRequest: the body is malformed, or the client closed mid-body.
@@ -384,7 +373,7 @@ class HTTP11Protocol:
                 chunk-size line announced a chunk that would cross it.
         """
         if self._conn.their_state is not h11.SEND_BODY:
-            return END  # already complete (h11 would only report NEED_DATA or PAUSED)
+            return BODY_END  # already complete (h11 would only report NEED_DATA or PAUSED)
         chunked = self._chunked
         if chunked is not None:
             refusal = chunked.due_refusal()
@@ -405,9 +394,9 @@ class HTTP11Protocol:
             return data
         if event_type is h11.EndOfMessage:
             self._chunked = None
-            return END
+            return BODY_END
         if event is h11.NEED_DATA:
-            return NEED_DATA
+            return BODY_INCOMPLETE
         # PAUSED cannot happen before EndOfMessage; ConnectionClosed means EOF mid-body.
         raise BadRequest("connection closed in the middle of a request body")
 
@@ -450,7 +439,7 @@ class HTTP11Protocol:
     def start_response(
         self,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         content_length: int | None,
         *,
         close: bool,
@@ -500,25 +489,35 @@ class HTTP11Protocol:
         self._http10_keep_alive = keep_http10
         if close:
             out.append((b"connection", b"close"))
-        # Every header here is valid already: the handler's were checked when its
-        # Response was built, ours are made valid. ``_parsed=True`` tells h11 so and
-        # spares a second regex pass per header (h11 still lower-cases names and
-        # checks the framing headers); it is how h11 builds the events it parses.
-        event = h11.Response(
-            status_code=status, headers=out, reason=reason_phrase(status), _parsed=True
-        )
-        head = self._conn.send(event) or b""
+        try:
+            head = self._conn.send(_valid_response(status, out)) or b""
+        except h11.LocalProtocolError as exc:
+            raise ResponseFramingError(str(exc)) from exc
         if keep_http10:
             head = _http10_keep_alive_head(head)
         return head, body_allowed
 
     def send_data(self, data: bytes) -> list[bytes]:
-        """Frame a piece of response body (raises ``h11.LocalProtocolError`` on overrun)."""
-        return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
+        """Frame a piece of response body.
+
+        Raises:
+            ResponseFramingError: the body runs past its ``content-length``.
+        """
+        try:
+            return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
+        except h11.LocalProtocolError as exc:
+            raise ResponseFramingError(str(exc)) from exc
 
     def end_response(self) -> bytes:
-        """Frame the end of the response body (raises on a short Content-Length body)."""
-        return self._conn.send(_END_OF_MESSAGE) or b""
+        """Frame the end of the response body.
+
+        Raises:
+            ResponseFramingError: the body ended short of its ``content-length``.
+        """
+        try:
+            return self._conn.send(_END_OF_MESSAGE) or b""
+        except h11.LocalProtocolError as exc:
+            raise ResponseFramingError(str(exc)) from exc
 
     def can_send_error_response(self) -> bool:
         return self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
@@ -549,14 +548,9 @@ class HTTP11Protocol:
             leftover, closed = conn.trailing_data
             self._method = b""
             if leftover[:1] in (b"\r", b"\n"):
-                # Empty lines before the next request line are in h11's buffer already:
-                # a fresh h11 state machine (a new cycle has no state to lose) gets
-                # what follows them.
-                self._conn = self._new_h11()
-                self._head_buf = b""
-                self.receive_data(leftover)
-                if closed:
-                    self._conn.receive_data(b"")
+                # Empty lines before the next request line are in h11's buffer already,
+                # and h11 would refuse them: a fresh h11 gets what follows them.
+                self._restart_h11(leftover, closed=closed)
             else:
                 self._head_buf = leftover
             return True
@@ -567,250 +561,22 @@ class HTTP11Protocol:
             leftover, closed = conn.trailing_data
             if closed:
                 return False
-            self._conn = self._new_h11()
-            self._head_buf = b""
-            self._method = b""
-            if leftover:  # receive_data(b"") would tell the new h11 the peer sent EOF
-                self.receive_data(leftover)
+            self._restart_h11(leftover, closed=False)
             return True
         return False
 
 
-class _HeadLines:
-    """Judges each line of an incomplete request head once, as soon as it is complete.
+def _valid_response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+    """An ``h11.Response`` event for headers that are valid already.
 
-    Lifetime: from a read that leaves a head incomplete to the parse of that head.
-    Searching resumes where the last search stopped and each line is matched once, so
-    a head trickled one byte per read costs linear time. The lines are matched as h11
-    will match them, request line first (rule 4); h11's 431 on an oversized incomplete
-    head still stops the buffer from growing.
+    The handler's headers were checked when its Response was built, ours are made
+    valid. ``_parsed=True`` (a private argument of h11's event classes) tells h11 so and
+    spares a second regex pass per header (h11 still lower-cases names and checks the
+    framing headers); it is how h11 builds the events it parses itself.
     """
-
-    __slots__ = ("_line_start", "_max_target_length", "_searched")
-
-    def __init__(self, max_target_length: float) -> None:
-        self._max_target_length = max_target_length
-        self._line_start = 0  # where the first line not yet judged begins
-        self._searched = 0  # no line of the head ends before this offset unjudged
-
-    def check(self, buf: bytes | bytearray | None) -> None:
-        """Judge the lines of ``buf`` (the head so far) completed since the last call.
-
-        Raises:
-            HTTPError: as ``_check_request_line``, or 400 for a malformed field line.
-        """
-        if not buf:
-            return
-        start = self._line_start
-        end = buf.find(b"\n", self._searched)
-        while end != -1:
-            # h11 splits a head at LF and drops one CR before it.
-            line = buf[start : end - 1 if end > start and buf[end - 1] == 0x0D else end]
-            if not line:
-                return  # the end of a complete head: the rest is h11's to judge
-            if start == 0:
-                match = _REQUEST_LINE_RE.fullmatch(line)
-                if match is None:
-                    raise BadRequest("malformed request line (RFC 9112 3)")
-                method, target, version = match.groups()
-                _check_request_line(method, target, version, self._max_target_length)
-            elif _FIELD_LINE_RE.fullmatch(line) is None:
-                if line[:1] in (b" ", b"\t"):
-                    raise BadRequest("obsolete line folding in a header (RFC 9112 5.2)")
-                raise BadRequest("malformed header field line (RFC 9112 5)")
-            start = end + 1
-            end = buf.find(b"\n", start)
-        self._line_start = start
-        self._searched = len(buf)
-
-
-def _check_request_line(
-    method: bytes, target: bytes, version: bytes, max_target_length: float
-) -> None:
-    # Only HTTP/1.x is spoken here (the HTTP/2 preface "PRI * HTTP/2.0" parses as a
-    # request line and ends here too). RFC 9110 15.6.6.
-    if not version.startswith(b"1."):
-        raise HTTPVersionNotSupported(f"HTTP/{version.decode('ascii')} not supported")
-    if len(target) > max_target_length:
-        raise URITooLong("request target too long")
-    # isalpha() and isupper() on bytes: all of A-Z (the common case, without a regex).
-    if not (method.isalpha() and method.isupper()) and _METHOD_RE.fullmatch(method) is None:
-        raise BadRequest("method not made of uppercase letters, '-' and '_'")
-
-
-class _ChunkPhase(enum.Enum):
-    SIZE_LINE = "chunk-size line"
-    DATA = "chunk data"
-    DATA_END = "CRLF after chunk data"
-    DONE = "last chunk seen, or refused"
-
-
-class _ChunkedFraming:
-    """Checks a chunked request body's framing on its raw bytes, as they are fed.
-
-    Lifetime: from the parse of a chunked request's head to its last-chunk line; the
-    trailer section after it is h11's (h11 matches its lines as header fields).
-
-    h11 matches a chunk-size line against ``chunk-size (";" .*)? OWS CRLF`` with up to
-    20 hex digits and drops the extensions, so a bare CR or a NUL in an extension, or a
-    size of 2**64 or more, passes it. This follows the same bytes and checks each line
-    against the grammar of RFC 9112 7.1 (``_CHUNK_LINE_RE``), refusing at the first
-    byte that can never be valid (a control byte, a 17th hex digit), and refuses a
-    chunk that would take the body over ``max_body_size`` when its size line arrives
-    (413, as a declared Content-Length over it).
-
-    What this relies on in h11 (h11/_readers.py, ChunkedReader): h11 gets the same
-    bytes in the same order, and reads a size line up to CRLF, then exactly that many
-    bytes of data, then exactly CRLF, until a size of 0; so both see the same lines.
-    It marks the last ``Data`` of each chunk with ``chunk_end``.
-
-    A refusal is kept (bytes are fed where no error is expected) and falls due where
-    it was found in the body: once h11 has handed out the data of every chunk before
-    it, and before h11 parses further. So the handler sees the same body bytes before
-    the refusal however the reads split the body (rule 4).
-    """
-
-    __slots__ = (
-        "_allowance",
-        "_checked",
-        "_chunks",
-        "_ended",
-        "_footer",
-        "_line",
-        "_phase",
-        "_refusal",
-        "_remaining",
+    return h11.Response(
+        status_code=status, headers=headers, reason=reason_phrase(status), _parsed=True
     )
-
-    def __init__(self, max_body_size: float) -> None:
-        self._phase = _ChunkPhase.SIZE_LINE
-        self._line = bytearray()  # the chunk-size line so far, when it spans reads
-        self._checked = 0  # bytes of _line already searched for control bytes
-        self._remaining = 0  # chunk data bytes still to come
-        self._footer = b""  # the part of the CRLF after chunk data still to come
-        self._allowance = max_body_size  # body bytes the chunks so far leave room for
-        self._chunks = 0  # chunks whose size line passed (the last chunk aside)
-        self._ended = 0  # chunks whose data h11 has handed out in full
-        self._refusal: HTTPError | None = None
-
-    def due_refusal(self) -> HTTPError | None:
-        """The refusal to raise before h11 parses more of the body, if any."""
-        if self._refusal is not None and self._ended >= self._chunks:
-            return self._refusal
-        return None
-
-    def chunk_ended(self) -> None:
-        """h11 handed out the last data of a chunk."""
-        self._ended += 1
-
-    def feed(self, data: bytes) -> None:
-        """Follow ``data``, the next bytes of the body (or of what follows it)."""
-        if self._phase is _ChunkPhase.DONE or not data:
-            return
-        try:
-            self._feed(data)
-        except HTTPError as exc:
-            self._refusal = exc
-            self._phase = _ChunkPhase.DONE
-
-    def _feed(self, data: bytes) -> None:
-        pos = 0
-        size = len(data)
-        while pos < size:
-            phase = self._phase
-            if phase is _ChunkPhase.DATA:
-                taken = min(self._remaining, size - pos)
-                pos += taken
-                self._remaining -= taken
-                if not self._remaining:
-                    self._phase = _ChunkPhase.DATA_END
-                    self._footer = b"\r\n"
-            elif phase is _ChunkPhase.DATA_END:
-                footer = self._footer
-                got = data[pos : pos + len(footer)]
-                if not footer.startswith(got):
-                    raise BadRequest("chunk data not followed by CRLF (RFC 9112 7.1)")
-                pos += len(got)
-                self._footer = footer[len(got) :]
-                if not self._footer:
-                    self._phase = _ChunkPhase.SIZE_LINE
-            elif phase is _ChunkPhase.SIZE_LINE:
-                end = data.find(b"\n", pos)
-                if end == -1:
-                    self._line += data[pos:]
-                    self._check_partial_line()
-                    return
-                if self._line:
-                    line: bytes | bytearray = self._line + data[pos : end + 1]
-                    self._line = bytearray()
-                    self._checked = 0
-                else:
-                    line = data[pos : end + 1]
-                pos = end + 1
-                self._check_line(line)
-            else:
-                return  # the trailer section, then what follows the request
-
-    def _check_size(self, line: bytes | bytearray) -> int:
-        """The size a chunk-size line starts with (complete or not), or a refusal.
-
-        The same checks in the same order for a partial and a complete line, so the
-        answer does not depend on where the reads split it (rule 4).
-        """
-        run = _HEX_RUN_RE.match(line).end()  # type: ignore[union-attr]  # {0,n} always matches
-        size = int(line[: min(run, _MAX_CHUNK_SIZE_DIGITS)], 16) if run else 0
-        if size > self._allowance:
-            raise ContentTooLarge("a chunk would take the body over max_body_size")
-        if run > _MAX_CHUNK_SIZE_DIGITS:
-            raise BadRequest("chunk size of more than 16 hex digits (2**64 or more)")
-        if run < len(line) and (run == 0 or line[run] not in b" \t;\r"):
-            raise BadRequest("malformed chunk size (RFC 9112 7.1)")
-        return size
-
-    def _check_partial_line(self) -> None:
-        line = self._line
-        self._check_size(line)
-        # Only the bytes new since the last search, and the one before them: a CR that
-        # ended the last read is fine only if this read begins with the LF.
-        bad = _CHUNK_LINE_CTL_RE.search(line, max(self._checked - 1, 0))
-        if bad is not None and not (bad.start() == len(line) - 1 and line[-1] == 0x0D):
-            raise BadRequest("control byte in a chunk-size line (RFC 9112 7.1.1)")
-        self._checked = len(line)
-
-    def _check_line(self, line: bytes | bytearray) -> None:
-        size = self._check_size(line)
-        if _CHUNK_LINE_RE.fullmatch(line) is None:
-            raise BadRequest("malformed chunk-size line (RFC 9112 7.1.1)")
-        self._allowance -= size
-        if size:
-            self._phase = _ChunkPhase.DATA
-            self._remaining = size
-            self._chunks += 1
-        else:
-            self._phase = _ChunkPhase.DONE
-
-
-def _check_raw_head(buf: bytes | bytearray, max_header_size: int, has_length: bool) -> None:
-    # The common case costs two substring scans: no line starts with whitespace, no
-    # Content-Length to count (h11 shows one if the head had any), and the bytes
-    # received, head and all, are within the limit.
-    if len(buf) <= max_header_size and not has_length and b"\n " not in buf and b"\n\t" not in buf:
-        return
-    end = _END_OF_HEAD_RE.search(buf)
-    head = buf if end is None else memoryview(buf)[: end.end()]
-    if len(head) > max_header_size:
-        raise HeaderFieldsTooLarge("request head too large")
-    lengths = 0
-    for match in _RAW_HEAD_RE.finditer(head):
-        if match.group(1) is not None:
-            raise BadRequest("obsolete line folding in a header (RFC 9112 5.2)")
-        lengths += 1
-        # h11 accepts a list of identical values ("5, 5"); RFC 9110 8.6 lets us refuse
-        # it, and we do: one field, one number.
-        if not match.group(2).rstrip(b" \t").isdigit():
-            raise BadRequest("Content-Length is not a single number (RFC 9112 6.3)")
-    if lengths > 1:
-        raise BadRequest("more than one Content-Length field (RFC 9112 6.3)")
 
 
 def _content_length(pairs: list[tuple[bytes, bytes]]) -> int:
@@ -824,7 +590,10 @@ def _has_token(tokens: bytes, token: bytes) -> bool:
     return any(part.strip() == token for part in tokens.split(b","))
 
 
-# h11 always ends the head with this field when it will close the connection.
+# h11 ends the head with this field when it will close the connection (h11/_connection.py,
+# _clean_up_response_headers_for_sending appends it last), which it always does for
+# an HTTP/1.0 client. We keep an HTTP/1.0 connection alive when asked by rewriting it:
+# the one place that depends on the bytes h11 writes rather than on its API.
 _H11_CLOSE_TRAILER: Final = b"Connection: close\r\n\r\n"
 
 
