@@ -28,7 +28,8 @@ Rules for this module:
 2. Nothing here is shielded from cancellation, so shutdown and deadlines act even
    while a send is stuck on a client that does not read.
 3. The handler runs in this task (no task per request); the exchange with it (the
-   handler call, the request body, the disconnect watcher) is ``_exchange``'s.
+   handler call, the request body, the disconnect watcher, sending its response) is
+   ``_exchange``'s; this module keeps the loop, the head, and the writes.
 4. Errors are sorted at this boundary: protocol refusals get their status and a
    close; a handler failure before the response gets a 500; anything after the
    response started aborts the connection, never a truncated response that looks
@@ -36,8 +37,9 @@ Rules for this module:
    (HTTP/1.0) cut short reaches the client as an error, not as a clean end; so does
    the shutdown cut-off of a response in progress. Once the end of a response is on
    the wire, a failure to close its body is logged and the connection goes on.
-5. This module and ``_exchange`` are the only code that reads or writes the stream,
-   and only the connection's own tasks do, never two at once in the same direction.
+5. This module and its helpers ``_exchange`` (the body, the watcher, the response)
+   and ``_closing`` are the only code that reads or writes the stream, and only the
+   connection's own tasks do, never two at once in the same direction.
    A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written
    by the exchange's reader task or by this task's next write, whichever comes
    first, never under a handler's cancel scope.
@@ -47,16 +49,15 @@ from __future__ import annotations
 
 import enum
 import logging
-import socket
-import struct
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn
 
 import trio
 
+from ._closing import close_gracefully, reset
 from ._config import Config
-from ._errors import ClientDisconnected, HTTPError, single_leaf
-from ._exchange import RECEIVE_SIZE, Exchange
+from ._errors import ClientDisconnected, HTTPError
+from ._exchange import RECEIVE_SIZE, WRITE_CHUNK, Abort, Exchange
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
@@ -66,16 +67,6 @@ from ._response import Response
 from ._tracker import ConnectionTracker
 
 __all__ = ["HTTPConnection"]
-
-#: Large bodies are written in pieces of this size, each under its own write deadline,
-#: so ``write_timeout`` measures lack of progress rather than total transfer time.
-WRITE_CHUNK: Final = 256 * 1024
-#: Before closing a connection after a response, we stop writing and read (and throw
-#: away) what the client still sends, for at most this long and this much, so the
-#: kernel does not answer unread data with a reset that destroys the response in
-#: flight (RFC 9112 9.6 "lingering close").
-LINGER_SECONDS: Final = 1.0
-LINGER_BYTES: Final = 256 * 1024
 
 _debug_enabled = error_logger.isEnabledFor
 _INF: Final = float("inf")
@@ -97,15 +88,10 @@ _HANDLER: Final = Phase.HANDLER
 _WRITE: Final = Phase.WRITE
 
 
-class _Abort(Exception):
-    """The connection must be cut off at once; the cause was already counted and logged."""
-
-
 class HTTPConnection:
     """Serves HTTP/1.1 on one stream until it closes. Build one per connection."""
 
     __slots__ = (
-        "_client",
         "_continue_sending",
         "_current",
         "_evicted",
@@ -114,16 +100,17 @@ class HTTPConnection:
         "_nursery",
         "_owed",
         "_phase",
-        "_response_open",
         "_scheme",
         "_server",
         "_tracker",
         "_watch",
         "_write_failed",
+        "client",
         "config",
         "counters",
         "peer_eof",
         "proto",
+        "response_open",
         "scope",
         "stream",
         "task",
@@ -150,7 +137,7 @@ class HTTPConnection:
         self.peer_eof = False  # the client sent EOF, or the connection broke
         self._handler = handler
         self._tracker = tracker
-        self._client = client
+        self.client = client
         self._server = server
         self._scheme = scheme
         self._current: Exchange | None = None
@@ -167,7 +154,7 @@ class HTTPConnection:
         self._owed = b""
         self._continue_sending: trio.Event | None = None
         self._write_failed = False  # a write was cut short: nothing more may be sent
-        self._response_open = False  # a response head is out and its end is not
+        self.response_open = False  # a response head is out and its end is not
 
     # --- The connection loop -----------------------------------------------------------
 
@@ -188,12 +175,12 @@ class HTTPConnection:
                         graceful = await self._serve_requests()
                     if self.scope.cancelled_caught:
                         graceful = await self._scope_fired()
-                except _Abort:
+                except Abort:
                     aborted = True
                 except Exception:
                     # A bug of ours must cost one connection, never the server.
                     aborted = True
-                    error_logger.exception("internal error serving %s", self._client)
+                    error_logger.exception("internal error serving %s", self.client)
                 finally:
                     nursery.cancel_scope.cancel()
             finished = True
@@ -205,23 +192,23 @@ class HTTPConnection:
                 self.counters.shutdown_cutoffs += 1
             tracker.connection_closed(evicted=self._evicted)
             if graceful:
-                await self._close_gracefully()
+                await close_gracefully(self.stream, peer_eof=self.peer_eof)
             else:
-                if aborted or self._response_open:
-                    _reset(self.stream)
+                if aborted or self.response_open:
+                    reset(self.stream)
                 await trio.aclose_forcefully(self.stream)
 
     async def _scope_fired(self) -> bool:
         """The connection scope was cancelled: act on the phase it caught us in.
 
-        Returns True if a response was sent (close gracefully); raises _Abort to cut
+        Returns True if a response was sent (close gracefully); raises Abort to cut
         the connection off.
         """
         phase = self._phase
         current = self._current
         if current is not None and current.gone:
-            self._client_gone(current.request)
-            raise _Abort
+            current.count_client_gone()
+            raise Abort
         if phase == _IDLE:
             # Idle too long (shutdown and eviction are seen before this can happen).
             self._count_idle_timeout()
@@ -233,7 +220,7 @@ class HTTPConnection:
             if self.scope.cancelled_caught:
                 self._write_timed_out()
             if access_logger.isEnabledFor(logging.INFO):
-                log_refusal(self._client, 408)
+                log_refusal(self.client, 408)
             return True
         if phase == _WRITE:
             self._write_timed_out()
@@ -253,7 +240,7 @@ class HTTPConnection:
             except HTTPError as exc:
                 await self._send_error(exc.status_code)
                 if access_logger.isEnabledFor(logging.INFO):
-                    log_refusal(self._client, exc.status_code)
+                    log_refusal(self.client, exc.status_code)
                 return True
             if head is None:
                 return False
@@ -359,7 +346,7 @@ class HTTPConnection:
             target=head.target.decode("latin-1"),
             headers=Headers.from_raw(head.headers),
             http_version=head.http_version,
-            client=self._client,
+            client=self.client,
             server=self._server,
             scheme=self._scheme,
             body=exchange,
@@ -381,12 +368,12 @@ class HTTPConnection:
                 raise TypeError(
                     f"handler {self._handler!r} returned {response!r}, not a trioserve.Response"
                 )
-        except _Abort:
+        except Abort:
             raise
         except BaseException as raised:
-            status = self._sort_failure(request, raised, response_started=False)
+            status = exchange.sort_failure(raised, response_started=False)
             if status is None:
-                raise _Abort from None
+                raise Abort from None
             await exchange.stop_watching()
             await self._send_error(status)
             self._log_access(request, status, 0, started)
@@ -401,7 +388,7 @@ class HTTPConnection:
             or self._tracker.shutting_down
             or proto.unread_body_forces_close(self.config.max_drain_size)
         )
-        size = await self._send_response(request, response, close=close)
+        size = await exchange.send_response(response, close=close)
         await exchange.stop_watching()
         self.counters.requests_served += 1
         self.counters.count_response(response.status)
@@ -413,49 +400,6 @@ class HTTPConnection:
             await exchange.close()  # a read still in flight for the handler ends first
             return await exchange.drain(self.config.max_drain_size)
         return True
-
-    def _sort_failure(
-        self, request: Request, raised: BaseException, *, response_started: bool
-    ) -> int | None:
-        """Sort what a handler (or its streamed body) raised: count and log it, and
-        return the status to answer with, or None when the connection must be cut
-        off (the response has started, or the client is gone). Anything that is not
-        an ``Exception`` (a cancellation, KeyboardInterrupt) propagates.
-        """
-        exc = single_leaf(raised)
-        if isinstance(exc, ClientDisconnected):
-            # The client went away (a streamed body may have read the request body).
-            self._client_gone(request)
-            return None
-        if isinstance(exc, HTTPError):
-            # Refused while reading the body (408, 413: counted where detected), or
-            # the handler's own answer.
-            if not response_started:
-                return exc.status_code
-            if _debug_enabled(logging.DEBUG):
-                error_logger.debug("%r refused mid-response (%s); aborting", request, exc)
-            return None
-        if not isinstance(exc, Exception):
-            raise raised
-        self.counters.handler_errors += 1
-        if not response_started:
-            error_logger.error(
-                "handler %r failed serving %r: %s", self._handler, request, exc, exc_info=exc
-            )
-            return 500
-        # A ResponseFramingError: the body ran long or ended short of its declared
-        # Content-Length. Anything else: the body's own failure.
-        error_logger.error(
-            "response body of %r failed after the response started; aborting the connection",
-            request,
-            exc_info=exc,
-        )
-        return None
-
-    def _client_gone(self, request: Request | None) -> None:
-        self.counters.client_disconnects += 1
-        if _debug_enabled(logging.DEBUG):
-            error_logger.debug("client %s went away during %r", self._client, request)
 
     def peer_gone(self) -> None:
         """The client sent EOF or the connection broke (seen by a read of any task)."""
@@ -514,103 +458,7 @@ class HTTPConnection:
 
     # --- Sending -------------------------------------------------------------------------
 
-    async def _send_response(self, request: Request, response: Response, *, close: bool) -> int:
-        """Send a whole response; returns the body bytes sent (for the access log)."""
-        proto = self.proto
-        body = response.body
-        if isinstance(body, bytes):
-            head, body_allowed = proto.start_response(
-                response.status, response.headers, len(body), close=close
-            )
-            if not body_allowed or not body:
-                await self._send(head + proto.end_response())
-                return 0
-            if len(body) <= WRITE_CHUNK:
-                await self._send(head + b"".join(proto.send_data(body)) + proto.end_response())
-            else:
-                await self._send(head)
-                for piece in proto.send_data(body):
-                    await self._send(piece)
-                await self._send(proto.end_response())
-            return len(body)
-        return await self._send_streamed(request, response.status, response.headers, body, close)
-
-    async def _send_streamed(
-        self,
-        request: Request,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes],
-        close: bool,
-    ) -> int:
-        """Send a head and a streamed body; the body is closed whatever happens.
-
-        Once the end of the response is on the wire, a failure to close the body is
-        the application's (a pooled resource not given back): it is logged, and the
-        connection goes on with the next request.
-        """
-        try:
-            sent = await self._stream_body(status, headers, body, close)
-        except _Abort:
-            await self._close_body(body)
-            raise
-        except BaseException as raised:
-            await self._close_body(body)
-            self._sort_failure(request, raised, response_started=True)
-            raise _Abort from None
-        self.scope.deadline = _INF
-        try:
-            await _aclose_iterable(body)
-        except Exception as exc:
-            self.counters.handler_errors += 1
-            error_logger.error(
-                "closing the response body of %r failed after the response was complete",
-                request,
-                exc_info=exc,
-            )
-        return sent
-
-    async def _stream_body(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes],
-        close: bool,
-    ) -> int:
-        proto = self.proto
-        head, body_allowed = proto.start_response(status, headers, None, close=close)
-        self._response_open = True
-        await self._send(head)
-        if not body_allowed:  # HEAD, 204, 304: the body is never iterated
-            await self._send(proto.end_response())
-            self._response_open = False
-            return 0
-        # The body may take its time to produce each chunk: no write deadline while it
-        # does (the handler's work is not the client's slowness).
-        scope = self.scope
-        scope.deadline = _INF
-        sent = 0
-        async for chunk in body:
-            if not isinstance(chunk, bytes):
-                raise TypeError(f"a streamed body must yield bytes, not {type(chunk).__name__}")
-            if chunk:
-                sent += len(chunk)
-                for piece in proto.send_data(chunk):
-                    await self._send(piece)
-                scope.deadline = _INF
-        await self._send(proto.end_response())
-        self._response_open = False
-        return sent
-
-    async def _close_body(self, body: AsyncIterable[bytes]) -> None:
-        # Closing the body is the handler's work (a WSGI thread to join, a pooled
-        # resource to give back): no write deadline over it. A write timeout that
-        # already fired stays fired (cancel_called is sticky). What closing raises
-        # here replaces the failure being handled, as a ``finally`` would.
-        self.scope.deadline = _INF
-        await _aclose_iterable(body)
-
-    async def _send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
         """Write under the write deadline (the connection scope, in the _WRITE phase).
 
         Large data goes in WRITE_CHUNK pieces, each with a fresh deadline. A broken
@@ -636,8 +484,8 @@ class HTTPConnection:
             self.proto.send_failed()
             self.counters.client_disconnects += 1
             if _debug_enabled(logging.DEBUG):
-                error_logger.debug("client %s went away while we wrote", self._client)
-            raise _Abort from None
+                error_logger.debug("client %s went away while we wrote", self.client)
+            raise Abort from None
         if scope.cancel_called:
             # The deadline passed as the last bytes went out (send_all does not look
             # for cancellation after its last send). Deliver it now, in the _WRITE
@@ -650,7 +498,7 @@ class HTTPConnection:
         while self._continue_sending is not None:
             await self._continue_sending.wait()  # the reader task is writing it
         if self._write_failed:
-            raise _Abort
+            raise Abort
         owed, self._owed = self._owed, b""
         return owed + data
 
@@ -658,37 +506,15 @@ class HTTPConnection:
         self.proto.send_failed()
         self.counters.write_timeouts += 1
         if _debug_enabled(logging.DEBUG):
-            error_logger.debug("client %s stopped reading; aborting", self._client)
-        raise _Abort
+            error_logger.debug("client %s stopped reading; aborting", self.client)
+        raise Abort
 
     async def _send_error(self, status: int) -> None:
         """Send a complete error response with ``Connection: close``, if still possible."""
         proto = self.proto
         if proto.can_send_error_response():
             self.counters.count_response(status)
-            await self._send(proto.error_response(status))
-
-    async def _close_gracefully(self) -> None:
-        """Half-close, read what the client still sends for a moment, then close."""
-        stream = self.stream
-        try:
-            with trio.move_on_after(LINGER_SECONDS):
-                if isinstance(stream, trio.abc.HalfCloseableStream):
-                    await stream.send_eof()
-                received = 0
-                while received < LINGER_BYTES and not self.peer_eof:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        break
-                    received += len(data)
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.BusyResourceError,
-        ):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
+            await self.send(proto.error_response(status))
 
     def _log_access(self, request: Request, status: int, size: int, started: float) -> None:
         if access_logger.isEnabledFor(logging.INFO):
@@ -704,21 +530,3 @@ class HTTPConnection:
                 headers.get("user-agent"),
                 trio.current_time() - started,
             )
-
-
-def _reset(stream: trio.abc.Stream) -> None:
-    """Make the coming close a TCP reset: the client sees an error, never the clean
-    end that a close-delimited body (HTTP/1.0) cannot tell from a complete one."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        try:
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass  # already closed by the peer: nothing left to reset
-
-
-async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:
-    aclose: Callable[[], Awaitable[object]] | None = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()

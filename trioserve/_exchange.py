@@ -32,31 +32,41 @@ Rules for this module:
 
 from __future__ import annotations
 
+import logging
 import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
-from ._errors import BodyUnavailable, ClientDisconnected, HTTPError, RequestTimeout
+from ._errors import BodyUnavailable, ClientDisconnected, HTTPError, RequestTimeout, single_leaf
 from ._handler import Handler
 from ._http11 import BODY_END, BODY_INCOMPLETE
+from ._logging import error_logger
 
 if TYPE_CHECKING:
     from ._connection import HTTPConnection
     from ._request import Request
+    from ._response import Response
 
-__all__ = ["BODY_RECEIVE_SIZE", "RECEIVE_SIZE", "Exchange"]
+__all__ = ["BODY_RECEIVE_SIZE", "RECEIVE_SIZE", "WRITE_CHUNK", "Abort", "Exchange"]
 
 T = TypeVar("T")
 
 #: Bytes asked of the stream per read (trio's own default for SocketStream).
 RECEIVE_SIZE: Final = 65536
+#: Large bodies are written in pieces of this size, each under its own write deadline,
+#: so ``write_timeout`` measures lack of progress rather than total transfer time.
+WRITE_CHUNK: Final = 256 * 1024
 #: Bytes asked per read of a large request body: four times fewer reads (and h11
 #: rounds) per megabyte, as asyncio's transports read (256 KiB).
 BODY_RECEIVE_SIZE: Final = 256 * 1024
 
 _INF: Final = float("inf")
+
+
+class Abort(Exception):
+    """The connection must be cut off at once; the cause was already counted and logged."""
 
 
 class Exchange:
@@ -70,6 +80,7 @@ class Exchange:
         "_body_waited",
         "_connection",
         "_error",
+        "_handler",
         "_in_handler",
         "_over",
         "_over_event",
@@ -90,6 +101,7 @@ class Exchange:
         #: The watcher saw the client leave while the handler ran, and cancelled it.
         self.gone = False
         self._in_handler = False
+        self._handler: Handler | None = None
         self._body_waited = 0.0  # seconds spent waiting for body bytes (rate rule)
         self._over = False
         self._over_event: trio.Event | None = None  # made only if someone waits
@@ -110,6 +122,7 @@ class Exchange:
         ``watch``: start the disconnect watcher whenever the handler waits with its
         body read (rule 2); otherwise only when someone asks.
         """
+        self._handler = handler
         self._watch_wanted = watch
         self._watch_allowed = True
         self._in_handler = True
@@ -142,6 +155,50 @@ class Exchange:
             self.gone = True
             self._connection.scope.cancel()
         self.end()
+
+    def sort_failure(self, raised: BaseException, *, response_started: bool) -> int | None:
+        """Sort what the handler (or its streamed body) raised: count and log it, and
+        return the status to answer with, or None when the connection must be cut
+        off (the response has started, or the client is gone). Anything that is not
+        an ``Exception`` (a cancellation, KeyboardInterrupt) propagates.
+        """
+        exc = single_leaf(raised)
+        if isinstance(exc, ClientDisconnected):
+            # The client went away (a streamed body may have read the request body).
+            self.count_client_gone()
+            return None
+        if isinstance(exc, HTTPError):
+            # Refused while reading the body (408, 413: counted where detected), or
+            # the handler's own answer.
+            if not response_started:
+                return exc.status_code
+            if error_logger.isEnabledFor(logging.DEBUG):
+                error_logger.debug("%r refused mid-response (%s); aborting", self.request, exc)
+            return None
+        if not isinstance(exc, Exception):
+            raise raised
+        self._connection.counters.handler_errors += 1
+        if not response_started:
+            error_logger.error(
+                "handler %r failed serving %r: %s", self._handler, self.request, exc, exc_info=exc
+            )
+            return 500
+        # A ResponseFramingError: the body ran long or ended short of its declared
+        # Content-Length. Anything else: the body's own failure.
+        error_logger.error(
+            "response body of %r failed after the response started; aborting the connection",
+            self.request,
+            exc_info=exc,
+        )
+        return None
+
+    def count_client_gone(self) -> None:
+        """The client went away during this exchange: a normal event, one DEBUG line."""
+        self._connection.counters.client_disconnects += 1
+        if error_logger.isEnabledFor(logging.DEBUG):
+            error_logger.debug(
+                "client %s went away during %r", self._connection.client, self.request
+            )
 
     # --- Watching for a vanished client ---------------------------------------------------
 
@@ -342,6 +399,107 @@ class Exchange:
         except (HTTPError, ClientDisconnected):
             return False
 
+    # --- The response ------------------------------------------------------------------------
+
+    async def send_response(self, response: Response, *, close: bool) -> int:
+        """Send a whole response; returns the body bytes sent (for the access log)."""
+        connection = self._connection
+        proto = connection.proto
+        send = connection.send
+        body = response.body
+        if isinstance(body, bytes):
+            head, body_allowed = proto.start_response(
+                response.status, response.headers, len(body), close=close
+            )
+            if not body_allowed or not body:
+                await send(head + proto.end_response())
+                return 0
+            if len(body) <= WRITE_CHUNK:
+                await send(head + b"".join(proto.send_data(body)) + proto.end_response())
+            else:
+                await send(head)
+                for piece in proto.send_data(body):
+                    await send(piece)
+                await send(proto.end_response())
+            return len(body)
+        return await self._send_streamed(response.status, response.headers, body, close)
+
+    async def _send_streamed(
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes],
+        close: bool,
+    ) -> int:
+        """Send a head and a streamed body; the body is closed whatever happens.
+
+        Once the end of the response is on the wire, a failure to close the body is
+        the application's (a pooled resource not given back): it is logged, and the
+        connection goes on with the next request.
+        """
+        try:
+            sent = await self._stream_body(status, headers, body, close)
+        except Abort:
+            await self._close_body(body)
+            raise
+        except BaseException as raised:
+            await self._close_body(body)
+            self.sort_failure(raised, response_started=True)
+            raise Abort from None
+        self._connection.scope.deadline = _INF
+        try:
+            await _aclose_iterable(body)
+        except Exception as exc:
+            self._connection.counters.handler_errors += 1
+            error_logger.error(
+                "closing the response body of %r failed after the response was complete",
+                self.request,
+                exc_info=exc,
+            )
+        return sent
+
+    async def _stream_body(
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes],
+        close: bool,
+    ) -> int:
+        connection = self._connection
+        proto = connection.proto
+        send = connection.send
+        head, body_allowed = proto.start_response(status, headers, None, close=close)
+        connection.response_open = True
+        await send(head)
+        if not body_allowed:  # HEAD, 204, 304: the body is never iterated
+            await send(proto.end_response())
+            connection.response_open = False
+            return 0
+        # The body may take its time to produce each chunk: no write deadline while it
+        # does (the handler's work is not the client's slowness).
+        scope = connection.scope
+        scope.deadline = _INF
+        sent = 0
+        async for chunk in body:
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"a streamed body must yield bytes, not {type(chunk).__name__}")
+            if chunk:
+                sent += len(chunk)
+                for piece in proto.send_data(chunk):
+                    await send(piece)
+                scope.deadline = _INF
+        await send(proto.end_response())
+        connection.response_open = False
+        return sent
+
+    async def _close_body(self, body: AsyncIterable[bytes]) -> None:
+        # Closing the body is the handler's work (a WSGI thread to join, a pooled
+        # resource to give back): no write deadline over it. A write timeout that
+        # already fired stays fired (cancel_called is sticky). What closing raises
+        # here replaces the failure being handled, as a ``finally`` would.
+        self._connection.scope.deadline = _INF
+        await _aclose_iterable(body)
+
     # --- The end -----------------------------------------------------------------------------
 
     def end(self) -> None:
@@ -359,6 +517,12 @@ class Exchange:
         done = self._read_done
         if done is not None:
             await done.wait()
+
+
+async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:
+    aclose: Callable[[], Awaitable[object]] | None = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 @types.coroutine
