@@ -21,9 +21,7 @@ Rules for this module:
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Sequence
-from email.utils import formatdate
 from typing import Final, Literal
 
 import h11
@@ -36,8 +34,15 @@ from ._errors import (
     HTTPError,
     URITooLong,
 )
-from ._response import reason_phrase
-from ._strict import ChunkedFraming, HeadLines, check_raw_head, check_request_line
+from ._response import date_header, reason_phrase
+from ._strict import (
+    ChunkedFraming,
+    HeadLines,
+    check_raw_head,
+    check_request_line,
+    content_length,
+    has_token,
+)
 
 __all__ = [
     "BODY_END",
@@ -91,26 +96,6 @@ class RequestHead:
         self.target = target
         self.headers = headers
         self.http_version = http_version
-
-
-class _DateCache:
-    """The ``Date`` header value (RFC 9110 6.6.1), formatted once per second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._value = formatdate(now, usegmt=True).encode("ascii")
-            self._second = now
-        return self._value
-
-
-_date_cache: Final = _DateCache()
 
 
 class HTTP11Protocol:
@@ -337,7 +322,7 @@ class HTTP11Protocol:
         self._body_received = 0
         self._declared_length = None
         if has_length:
-            declared = _content_length(pairs)
+            declared = content_length(pairs)
             if declared > self._max_body_size:
                 raise ContentTooLarge("declared body too large")
             self._declared_length = declared
@@ -345,8 +330,8 @@ class HTTP11Protocol:
         # keep alive ourselves when asked to (see start_next_cycle).
         self._http10_keep_alive = (
             http_version == "1.0"
-            and _has_token(connection_tokens, b"keep-alive")
-            and not _has_token(connection_tokens, b"close")
+            and has_token(connection_tokens, b"keep-alive")
+            and not has_token(connection_tokens, b"close")
         )
         # Step 5: a request with no body (no framing header, or Content-Length: 0;
         # RFC 9112 6.3) is complete now. Taking h11's EndOfMessage at once tells the
@@ -467,14 +452,14 @@ class HTTP11Protocol:
                 has_date = True
             elif lowered == b"server":
                 has_server = True
-            elif lowered == b"connection" and _has_token(value.lower(), b"close"):
+            elif lowered == b"connection" and has_token(value.lower(), b"close"):
                 # Ours is added below; h11 decides keep-alive only after it cleans the
                 # headers, so it would not merge the two into one field.
                 close = True
                 continue
             out.append((name, value))
         if not has_date:
-            out.append((b"date", _date_cache.get()))
+            out.append((b"date", date_header()))
         if not has_server and self._server_header is not None:
             out.append((b"server", self._server_header))
         body_allowed = status not in (204, 304) and self._method != b"HEAD"
@@ -577,17 +562,6 @@ def _valid_response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Resp
     return h11.Response(
         status_code=status, headers=headers, reason=reason_phrase(status), _parsed=True
     )
-
-
-def _content_length(pairs: list[tuple[bytes, bytes]]) -> int:
-    for name, value in pairs:
-        if name == b"content-length":
-            return int(value)
-    raise AssertionError("no content-length")
-
-
-def _has_token(tokens: bytes, token: bytes) -> bool:
-    return any(part.strip() == token for part in tokens.split(b","))
 
 
 # h11 ends the head with this field when it will close the connection (h11/_connection.py,

@@ -10,7 +10,9 @@ Rules for this module:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterable, Iterable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
 
@@ -113,3 +115,25 @@ def _header_bytes(value: str | bytes) -> bytes:
         except UnicodeEncodeError:
             raise ValueError(f"header text must be ISO-8859-1, not {value!r}") from None
     raise TypeError(f"header names and values must be str or bytes, not {type(value).__name__}")
+
+
+class _DateCache:
+    """The ``Date`` header value (RFC 9110 6.6.1), formatted once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+            self._second = now
+        return self._value
+
+
+_date_cache: Final = _DateCache()
+#: The current ``Date`` header value, as bytes.
+date_header: Final = _date_cache.get

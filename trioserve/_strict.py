@@ -26,7 +26,14 @@ from ._errors import (
     URITooLong,
 )
 
-__all__ = ["ChunkedFraming", "HeadLines", "check_raw_head", "check_request_line"]
+__all__ = [
+    "ChunkedFraming",
+    "HeadLines",
+    "check_raw_head",
+    "check_request_line",
+    "content_length",
+    "has_token",
+]
 
 # A line break followed by whitespace (obs-fold, RFC 9112 5.2) or by a Content-Length
 # field, whose value is captured (RFC 9112 6.3: we refuse even repeated identical
@@ -308,3 +315,14 @@ def check_raw_head(buf: bytes | bytearray, max_header_size: int, has_length: boo
             raise BadRequest("Content-Length is not a single number (RFC 9112 6.3)")
     if lengths > 1:
         raise BadRequest("more than one Content-Length field (RFC 9112 6.3)")
+
+
+def content_length(pairs: list[tuple[bytes, bytes]]) -> int:
+    for name, value in pairs:
+        if name == b"content-length":
+            return int(value)
+    raise AssertionError("no content-length")
+
+
+def has_token(tokens: bytes, token: bytes) -> bool:
+    return any(part.strip() == token for part in tokens.split(b","))
