@@ -136,7 +136,7 @@ def test_response_body_types() -> None:
 
 def test_response_headers_accept_str_and_bytes() -> None:
     response = Response(headers=[("X-A", "1"), (b"x-b", b"2"), ("x-c", b"3")])
-    assert response.headers == [(b"X-A", b"1"), (b"x-b", b"2"), (b"x-c", b"3")]
+    assert response.headers == ((b"X-A", b"1"), (b"x-b", b"2"), (b"x-c", b"3"))
 
 
 @pytest.mark.parametrize("status", [100, 101, 199, 1000, -1, 0])
@@ -246,3 +246,16 @@ def test_errors_know_their_status() -> None:
     with pytest.raises(ValueError, match="4xx or 5xx"):
         trioserve.HTTPError(status_code=302)
     assert not issubclass(trioserve.ClientDisconnected, trioserve.HTTPError)
+
+
+def test_response_is_frozen_and_with_body_keeps_the_head() -> None:
+    response = Response(201, headers=[("x-a", "1")], body="first")
+    with pytest.raises(AttributeError, match="frozen"):
+        response.body = b"second"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen"):
+        del response.status  # type: ignore[misc]
+    other = response.with_body("second")
+    assert (other.status, other.headers, other.body) == (201, ((b"x-a", b"1"),), b"second")
+    assert response.body == b"first"
+    with pytest.raises(TypeError, match="body must be"):
+        response.with_body(42)  # type: ignore[arg-type]

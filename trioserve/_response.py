@@ -47,7 +47,7 @@ class Response:
     __slots__ = ("body", "headers", "status")
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: tuple[tuple[bytes, bytes], ...]
     body: bytes | AsyncIterable[bytes]
 
     def __init__(
@@ -61,23 +61,47 @@ class Response:
             raise TypeError(f"status must be an int, not {type(status).__name__}")
         if not 200 <= status <= 999:
             raise ValueError(f"status must be from 200 to 999, not {status}")
-        self.status = status
-        self.headers = [_header_pair(name, value) for name, value in headers]
-        if type(body) is bytes:
-            pass
-        elif isinstance(body, str):
-            body = body.encode("utf-8")
-        elif isinstance(body, (bytearray, memoryview)):
-            body = bytes(body)
-        elif not isinstance(body, (bytes, AsyncIterable)):
-            raise TypeError(
-                f"body must be bytes, str or an async iterable of bytes, not {type(body).__name__}"
-            )
-        self.body = body
+        _set = object.__setattr__  # frozen: see __setattr__
+        _set(self, "status", status)
+        _set(self, "headers", tuple([_header_pair(name, value) for name, value in headers]))
+        _set(self, "body", _valid_body(body))
+
+    def with_body(self, body: Body) -> Response:
+        """A copy of this response with another body (status and headers, already
+        valid, are kept as they are: an adapter can validate a head before its body
+        is known, then add the body without checking the head again)."""
+        copy = object.__new__(Response)
+        _set = object.__setattr__
+        _set(copy, "status", self.status)
+        _set(copy, "headers", self.headers)
+        _set(copy, "body", _valid_body(body))
+        return copy
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            f"Response is frozen: build a new one (or use with_body), not .{name}"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Response is frozen: cannot delete .{name}")
 
     def __repr__(self) -> str:
         kind = f"{len(self.body)} bytes" if isinstance(self.body, bytes) else "streamed"
         return f"<Response {self.status} ({kind})>"
+
+
+def _valid_body(body: Body) -> bytes | AsyncIterable[bytes]:
+    if type(body) is bytes:
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if not isinstance(body, (bytes, AsyncIterable)):
+        raise TypeError(
+            f"body must be bytes, str or an async iterable of bytes, not {type(body).__name__}"
+        )
+    return body
 
 
 def reason_phrase(status: int) -> bytes:

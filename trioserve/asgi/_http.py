@@ -380,10 +380,10 @@ class HTTPCycle:
             # Capacity 0: each send() waits until the engine takes the chunk, so the
             # application produces no faster than the client reads (backpressure).
             self._chunks_in, self._chunks_out = trio.open_memory_channel[bytes](0)
-            response.body = _StreamedBody(self, body, self._chunks_out)
+            self._response = response.with_body(_StreamedBody(self, body, self._chunks_out))
             self._state = _STREAMING
         else:
-            response.body = body
+            self._response = response.with_body(body)
             self._state = _COMPLETE
         self._hand_over()
 
@@ -419,7 +419,7 @@ class HTTPCycle:
         response = self._response
         assert response is not None
         self._file = file
-        response.body = _FileBody(file)
+        self._response = response.with_body(_FileBody(file))
         self._state = _COMPLETE
         self._hand_over()
 
