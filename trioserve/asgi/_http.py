@@ -27,6 +27,7 @@ Rules for this module:
 
 from __future__ import annotations
 
+import enum
 import io
 import logging
 import sys
@@ -62,22 +63,37 @@ ABANDON_GRACE: Final = 5.0
 #: receive size).
 FILE_CHUNK: Final = 65536
 
-# The exchange as the application's messages drive it. Each value names what the
-# application has done so far; ABORTED is terminal and means the exchange is over
-# for the application (client gone, failure handed over, or response aborted).
-_WAITING: Final = 0  # nothing sent yet
-_STARTED: Final = 1  # http.response.start received, waiting for the first body
-_STREAMING: Final = 2  # head and first body handed over, more body to come
-_COMPLETE: Final = 3  # the whole response handed over
-_ABORTED: Final = 4
 
-_STATE_NAMES: Final = (
-    "before http.response.start",
-    "after http.response.start",
-    "while streaming the response body",
-    "after the response was complete",
-    "after the exchange was aborted",
-)
+class _State(enum.IntEnum):
+    """The exchange as the application's messages drive it, in order: each value
+    names what the application has done so far (the order is compared: "not yet
+    complete" is ``< COMPLETE``). ABORTED is terminal and means the exchange is over
+    for the application (client gone, failure handed over, or response aborted). The
+    value is the phrase error messages use."""
+
+    WAITING = 0  # nothing sent yet
+    STARTED = 1  # http.response.start received, waiting for the first body
+    STREAMING = 2  # head and first body handed over, more body to come
+    COMPLETE = 3  # the whole response handed over
+    ABORTED = 4
+
+    @property
+    def phrase(self) -> str:
+        return _STATE_PHRASES[self]
+
+
+_STATE_PHRASES: Final = {
+    _State.WAITING: "before http.response.start",
+    _State.STARTED: "after http.response.start",
+    _State.STREAMING: "while streaming the response body",
+    _State.COMPLETE: "after the response was complete",
+    _State.ABORTED: "after the exchange was aborted",
+}
+_WAITING: Final = _State.WAITING
+_STARTED: Final = _State.STARTED
+_STREAMING: Final = _State.STREAMING
+_COMPLETE: Final = _State.COMPLETE
+_ABORTED: Final = _State.ABORTED
 
 
 class HTTPCycle:
@@ -340,21 +356,17 @@ class HTTPCycle:
             elif state == _STARTED:
                 self._first_body(message)
             else:
-                raise RuntimeError(f"ASGI message 'http.response.body' sent {_STATE_NAMES[state]}")
+                raise RuntimeError(f"ASGI message 'http.response.body' sent {state.phrase}")
         elif kind == "http.response.start":
             if state != _WAITING:
-                raise RuntimeError(
-                    f"ASGI message 'http.response.start' sent {_STATE_NAMES[state]}"
-                )
+                raise RuntimeError(f"ASGI message 'http.response.start' sent {state.phrase}")
             self._start(message)
         elif kind == "http.response.pathsend":
             if state != _STARTED:
-                raise RuntimeError(
-                    f"ASGI message 'http.response.pathsend' sent {_STATE_NAMES[state]}"
-                )
+                raise RuntimeError(f"ASGI message 'http.response.pathsend' sent {state.phrase}")
             await self._pathsend(message)
         else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} {_STATE_NAMES[state]}")
+            raise RuntimeError(f"unexpected ASGI message {kind!r} {state.phrase}")
 
     def _start(self, message: Message) -> None:
         status = message.get("status")

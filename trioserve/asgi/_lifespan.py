@@ -14,6 +14,7 @@ Rules for this module:
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Final, Literal
 
@@ -54,11 +55,19 @@ class LifespanFailure(StartupError):
         )
 
 
-# What the application has done so far, in order.
-_NEW: Final = 0  # startup not yet answered
-_STARTED: Final = 1  # lifespan.startup.complete received
-_SHUTTING_DOWN: Final = 2  # lifespan.shutdown delivered
-_OVER: Final = 3  # answered shutdown, failed startup, or gone
+class _Phase(enum.IntEnum):
+    """What the application has done so far, in order (compared with ``max``)."""
+
+    NEW = 0  # startup not yet answered
+    STARTED = 1  # lifespan.startup.complete received
+    SHUTTING_DOWN = 2  # lifespan.shutdown delivered
+    OVER = 3  # answered shutdown, failed startup, or gone
+
+
+_NEW: Final = _Phase.NEW
+_STARTED: Final = _Phase.STARTED
+_SHUTTING_DOWN: Final = _Phase.SHUTTING_DOWN
+_OVER: Final = _Phase.OVER
 
 
 class LifespanProtocol:
@@ -125,6 +134,11 @@ class LifespanProtocol:
         )
         return False
 
+    def _is_over(self) -> bool:
+        # A method, not an inline comparison: the phase changes while we await, which
+        # a type checker's narrowing of ``self._phase`` does not know.
+        return self._phase is _OVER
+
     async def shutdown(self) -> None:
         """Send ``lifespan.shutdown`` and wait for the application's answer.
 
@@ -141,7 +155,7 @@ class LifespanProtocol:
         # Bounded like the drain before it: an application that never answers must not
         # hold the process after SIGTERM.
         with trio.move_on_after(SHUTDOWN_TIMEOUT) as waited:
-            while self._phase != _OVER and not self._app_done:
+            while not self._is_over() and not self._app_done:
                 await self._wait_progress()
         if waited.cancelled_caught:
             error_logger.error(
@@ -151,7 +165,7 @@ class LifespanProtocol:
             )
         elif self._failed_message is not None:
             error_logger.error("ASGI lifespan shutdown failed: %s", self._failed_message)
-        elif self._phase != _OVER:
+        elif not self._is_over():
             error_logger.error(
                 "ASGI lifespan shutdown failed: the application %s "
                 "instead of sending lifespan.shutdown.complete",
