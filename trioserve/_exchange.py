@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
@@ -422,14 +422,10 @@ class Exchange:
                     await send(piece)
                 await send(proto.end_response())
             return len(body)
-        return await self._send_streamed(response.status, response.headers, body, close)
+        return await self._send_streamed(response, body, close=close)
 
     async def _send_streamed(
-        self,
-        status: int,
-        headers: Sequence[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes],
-        close: bool,
+        self, response: Response, body: AsyncIterable[bytes], *, close: bool
     ) -> int:
         """Send a head and a streamed body; the body is closed whatever happens.
 
@@ -438,7 +434,7 @@ class Exchange:
         connection goes on with the next request.
         """
         try:
-            sent = await self._stream_body(status, headers, body, close)
+            sent = await self._stream_body(response, body, close=close)
         except Abort:
             await self._close_body(body)
             raise
@@ -459,16 +455,14 @@ class Exchange:
         return sent
 
     async def _stream_body(
-        self,
-        status: int,
-        headers: Sequence[tuple[bytes, bytes]],
-        body: AsyncIterable[bytes],
-        close: bool,
+        self, response: Response, body: AsyncIterable[bytes], *, close: bool
     ) -> int:
         connection = self._connection
         proto = connection.proto
         send = connection.send
-        head, body_allowed = proto.start_response(status, headers, None, close=close)
+        head, body_allowed = proto.start_response(
+            response.status, response.headers, None, close=close
+        )
         connection.response_open = True
         await send(head)
         if not body_allowed:  # HEAD, 204, 304: the body is never iterated

@@ -16,7 +16,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
 
-__all__ = ["Response"]
+__all__ = ["BodyAfterFirst", "Response"]
 
 Body = bytes | str | AsyncIterable[bytes]
 
@@ -88,6 +88,31 @@ class Response:
     def __repr__(self) -> str:
         kind = f"{len(self.body)} bytes" if isinstance(self.body, bytes) else "streamed"
         return f"<Response {self.status} ({kind})>"
+
+
+class BodyAfterFirst:
+    """A streamed body whose first piece is known when the response starts, the rest
+    coming from :meth:`next_piece` (the ASGI and WSGI adapters hand a response over
+    with its first piece of body). Subclasses add ``next_piece`` and ``aclose``."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self, first: bytes) -> None:
+        self._first = first
+
+    def __aiter__(self) -> BodyAfterFirst:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first = self._first
+        if first:
+            self._first = b""
+            return first
+        return await self.next_piece()
+
+    async def next_piece(self) -> bytes:
+        """The next piece after the first (raise ``StopAsyncIteration`` at the end)."""
+        raise NotImplementedError
 
 
 def _valid_body(body: Body) -> bytes | AsyncIterable[bytes]:

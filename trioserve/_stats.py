@@ -9,7 +9,7 @@ Rules for this module:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 __all__ = ["Counters", "ServerStatistics"]
 
@@ -68,35 +68,30 @@ class ServerStatistics:
     shutdown_cutoffs: int = 0
 
 
-@dataclass(slots=True, kw_only=True)
+#: The counters: every field of the snapshot but ``connections_idle``, which the
+#: connection tracker knows (the connections waiting for a request now).
+COUNTER_NAMES: Final = tuple(
+    field.name for field in fields(ServerStatistics) if field.name != "connections_idle"
+)
+
+
 class Counters:
     """The mutable counters behind :class:`ServerStatistics` (one per server).
 
-    Each counter is named here and in :class:`ServerStatistics` (the frozen, documented
-    snapshot), and nowhere else: :meth:`snapshot` copies them by their field names.
+    Each counter is named once, as a field of :class:`ServerStatistics`; here they
+    are slots made from those names (as fast to increment as any attribute).
     """
 
-    connections_open: int = 0
-    connections_total: int = 0
-    requests_served: int = 0
-    responses_1xx: int = 0
-    responses_2xx: int = 0
-    responses_3xx: int = 0
-    responses_4xx: int = 0
-    responses_5xx: int = 0
-    header_timeouts: int = 0
-    body_timeouts: int = 0
-    write_timeouts: int = 0
-    keep_alive_timeouts: int = 0
-    bad_requests: int = 0
-    bodies_too_large: int = 0
-    targets_too_long: int = 0
-    headers_too_large: int = 0
-    handler_errors: int = 0
-    client_disconnects: int = 0
-    connections_evicted: int = 0
-    connections_aborted: int = 0
-    shutdown_cutoffs: int = 0
+    __slots__ = COUNTER_NAMES
+
+    if TYPE_CHECKING:  # the slots are made from names: tell the type checker they hold ints
+
+        def __getattr__(self, name: str) -> int: ...
+        def __setattr__(self, name: str, value: int) -> None: ...
+
+    def __init__(self) -> None:
+        for name in COUNTER_NAMES:
+            setattr(self, name, 0)
 
     def count_response(self, status: int) -> None:
         if status < 200:
@@ -124,8 +119,5 @@ class Counters:
             self.bad_requests += 1
 
     def snapshot(self, *, connections_idle: int) -> ServerStatistics:
-        counts = {name: getattr(self, name) for name in _COUNTER_NAMES}
+        counts = {name: getattr(self, name) for name in COUNTER_NAMES}
         return ServerStatistics(connections_idle=connections_idle, **counts)
-
-
-_COUNTER_NAMES: Final = tuple(field.name for field in fields(Counters))

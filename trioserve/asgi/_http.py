@@ -39,7 +39,7 @@ import trio
 from .._errors import BodyUnavailable, ClientDisconnected, HTTPError
 from .._logging import error_logger
 from .._request import Request
-from .._response import Response
+from .._response import BodyAfterFirst, Response
 from ._types import (
     ASGIApp,
     ClientDisconnectedError,
@@ -460,26 +460,19 @@ class HTTPCycle:
             self.abort()
 
 
-class _StreamedBody:
+class _StreamedBody(BodyAfterFirst):
     """The response body of a streaming application, as the engine iterates it."""
 
-    __slots__ = ("_chunks", "_cycle", "_first")
+    __slots__ = ("_chunks", "_cycle")
 
     def __init__(
         self, cycle: HTTPCycle, first: bytes, chunks: trio.MemoryReceiveChannel[bytes]
     ) -> None:
+        super().__init__(first)
         self._cycle = cycle
-        self._first = first
         self._chunks = chunks
 
-    def __aiter__(self) -> _StreamedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        first = self._first
-        if first:
-            self._first = b""
-            return first
+    async def next_piece(self) -> bytes:
         try:
             return await self._chunks.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):

@@ -64,12 +64,6 @@ class _Phase(enum.IntEnum):
     OVER = 3  # answered shutdown, failed startup, or gone
 
 
-_NEW: Final = _Phase.NEW
-_STARTED: Final = _Phase.STARTED
-_SHUTTING_DOWN: Final = _Phase.SHUTTING_DOWN
-_OVER: Final = _Phase.OVER
-
-
 class LifespanProtocol:
     """Drives one application's ``lifespan`` scope (see :meth:`startup`, :meth:`shutdown`)."""
 
@@ -91,7 +85,7 @@ class LifespanProtocol:
         self._app = app
         self._state = state
         self._mode = mode
-        self._phase = _NEW
+        self._phase = _Phase.NEW
         self._received = 0
         self._sent_anything = False
         self._failed_message: str | None = None
@@ -111,11 +105,11 @@ class LifespanProtocol:
             LifespanFailure: startup failed (see the class).
         """
         nursery.start_soon(self._run, name="asgi-lifespan")
-        while self._phase == _NEW and not self._app_done:
+        while self._phase == _Phase.NEW and not self._app_done:
             await self._wait_progress()
         if self._failed_message is not None:
             raise LifespanFailure(self._failed_message)
-        if self._phase == _STARTED:
+        if self._phase == _Phase.STARTED:
             return True
         # The application raised or returned without answering startup.
         error = self._error
@@ -137,7 +131,7 @@ class LifespanProtocol:
     def _is_over(self) -> bool:
         # A method, not an inline comparison: the phase changes while we await, which
         # a type checker's narrowing of ``self._phase`` does not know.
-        return self._phase is _OVER
+        return self._phase is _Phase.OVER
 
     async def shutdown(self) -> None:
         """Send ``lifespan.shutdown`` and wait for the application's answer.
@@ -147,8 +141,8 @@ class LifespanProtocol:
         :data:`SHUTDOWN_TIMEOUT`; a cancellation (a forced shutdown) ends the wait
         at once.
         """
-        if self._phase != _STARTED or self._app_done:
-            if self._phase == _STARTED:
+        if self._phase != _Phase.STARTED or self._app_done:
+            if self._phase == _Phase.STARTED:
                 error_logger.warning("ASGI lifespan task ended early; no shutdown was sent")
             return
         self._shutdown_requested.set()
@@ -190,7 +184,7 @@ class LifespanProtocol:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
             self._error = exc
-            if self._phase == _STARTED:
+            if self._phase == _Phase.STARTED:
                 # Serving continues (requests do not need the lifespan task), but the
                 # application will not hear about shutdown: say so now.
                 error_logger.error("ASGI lifespan task raised while serving", exc_info=exc)
@@ -205,7 +199,7 @@ class LifespanProtocol:
             return {"type": "lifespan.startup"}
         await self._shutdown_requested.wait()
         if self._received == 2:
-            self._phase = max(self._phase, _SHUTTING_DOWN)
+            self._phase = max(self._phase, _Phase.SHUTTING_DOWN)
             return {"type": "lifespan.shutdown"}
         # A third receive() has nothing left to get: wait until the task is
         # cancelled with the host nursery.
@@ -217,16 +211,16 @@ class LifespanProtocol:
         kind = message.get("type")
         phase = self._phase
         self._sent_anything = True
-        if kind == "lifespan.startup.complete" and phase == _NEW:
-            self._phase = _STARTED
-        elif kind == "lifespan.startup.failed" and phase == _NEW:
+        if kind == "lifespan.startup.complete" and phase == _Phase.NEW:
+            self._phase = _Phase.STARTED
+        elif kind == "lifespan.startup.failed" and phase == _Phase.NEW:
             self._failed_message = _message_text(message)
-            self._phase = _OVER
-        elif kind == "lifespan.shutdown.complete" and phase == _SHUTTING_DOWN:
-            self._phase = _OVER
-        elif kind == "lifespan.shutdown.failed" and phase == _SHUTTING_DOWN:
+            self._phase = _Phase.OVER
+        elif kind == "lifespan.shutdown.complete" and phase == _Phase.SHUTTING_DOWN:
+            self._phase = _Phase.OVER
+        elif kind == "lifespan.shutdown.failed" and phase == _Phase.SHUTTING_DOWN:
             self._failed_message = _message_text(message)
-            self._phase = _OVER
+            self._phase = _Phase.OVER
         else:
             raise RuntimeError(f"unexpected ASGI lifespan message {kind!r} at this point")
         self._made_progress()

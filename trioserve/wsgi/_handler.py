@@ -51,7 +51,7 @@ import trio
 from .._errors import ClientDisconnected, HTTPError
 from .._logging import error_logger
 from .._request import Request
-from .._response import Response
+from .._response import BodyAfterFirst, Response
 from ._environ import build_environ, native_root_path
 from ._mailbox import Finished, Mailbox, ReadBody, SendBody
 from ._worker import ErrorStream, InputStream, WSGIWorker
@@ -359,23 +359,16 @@ class _WSGICall:
             )
 
 
-class _ResponseBody:
+class _ResponseBody(BodyAfterFirst):
     """The response body the engine iterates (and ``aclose()``-s) in the connection task."""
 
-    __slots__ = ("_call", "_first")
+    __slots__ = ("_call",)
 
     def __init__(self, call: _WSGICall, first: bytes) -> None:
+        super().__init__(first)
         self._call = call
-        self._first = first
 
-    def __aiter__(self) -> _ResponseBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        first = self._first
-        if first:
-            self._first = b""
-            return first
+    async def next_piece(self) -> bytes:
         return await self._call.next_chunk()
 
     async def aclose(self) -> None:
