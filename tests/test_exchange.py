@@ -385,3 +385,161 @@ async def test_a_body_that_fails_to_close_after_a_complete_response_is_only_logg
         "closing the response body of <Request GET /stream HTTP/1.1> failed after the "
         "response was complete"
     ]
+
+
+# --- Found by the second adversarial read -----------------------------------------------
+
+FILL = b"x" * 3000
+FILL_THEN_EXPECT = (
+    b"GET /fill HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+)
+
+
+async def _asgi_fill_or_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["path"] == "/fill":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": FILL})
+        return
+    message = await receive()
+    if message["type"] != "http.request":
+        return  # http.disconnect: the app stops, as ASGI asks
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"got " + message["body"]})
+
+
+async def _native_fill_or_echo(request: trioserve.Request) -> trioserve.Response:
+    if request.path == "/fill":
+        return trioserve.Response(200, body=FILL)
+    try:
+        body = await request.body()
+    except trioserve.ClientDisconnected:
+        return trioserve.Response(400, body=b"body unreadable")  # a framework's error page
+    return trioserve.Response(200, body=b"got " + body)
+
+
+@pytest.mark.parametrize("kind", ["asgi", "native"])
+async def test_a_100_continue_the_client_does_not_read_ends_the_connection(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    # The first answer fills the client's buffer, so the 100 Continue cannot be
+    # written: it once left an ASGI connection open forever, and a native handler's
+    # answer written over a broken h11 state ("internal error serving").
+    caplog.set_level(logging.ERROR, logger="trioserve")
+    async with hosted(_asgi_fill_or_echo) as asgi_handler:
+        handler: Handler = asgi_handler if kind == "asgi" else _native_fill_or_echo
+        server = trioserve.Server(handler)
+        async with open_connection(handler, server=server, buffer_size=3100) as stream:
+            await stream.send_all(FILL_THEN_EXPECT)
+            await trio.sleep(60)  # reads nothing for longer than write_timeout
+            with trio.fail_after(60):
+                answer = await receive_all(stream)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"got" not in answer
+    stats = server.statistics()
+    assert (stats.write_timeouts, stats.connections_aborted) == (1, 1)
+    assert errors(caplog) == []
+
+
+async def test_a_slow_body_while_an_asgi_app_streams_is_not_the_apps_fault(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # receive() says http.disconnect and the app stops, as ASGI asks: it was then
+    # logged at ERROR for "returning before its streamed response was complete".
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"receiving\n", "more_body": True})
+        while (message := await receive())["type"] == "http.request":
+            await send({"type": "http.response.body", "body": b".", "more_body": True})
+            if not message["more_body"]:
+                await send({"type": "http.response.body", "body": b"done\n"})
+                return
+
+    async with hosted(app) as handler:
+        server = trioserve.Server(handler)
+        async with open_connection(handler, server=server) as stream:
+            await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            with trio.fail_after(100):
+                answer = await receive_all(stream)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert not answer.endswith(b"0\r\n\r\n")  # cut off, never made to look complete
+    stats = server.statistics()
+    assert (stats.body_timeouts, stats.handler_errors) == (1, 0)
+    assert errors(caplog) == []
+
+
+async def test_a_native_handler_whose_cleanup_raises_while_cancelled_stays_in_its_exchange(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A group [Cancelled, ValueError] once reached the connection's catch-all for bugs
+    # of ours ("internal error serving").
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        async def worker() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker)
+            await trio.sleep(1000)
+        raise AssertionError("cancelled before this")
+
+    caplog.set_level(logging.DEBUG, logger="trioserve")
+    server = trioserve.Server(handler)
+    async with open_connection(handler, server=server) as stream:
+        await stream.send_all(CLOSE_GET)
+        await trio.sleep(1)
+    await trio.testing.wait_all_tasks_blocked()
+    stats = server.statistics()
+    assert (stats.handler_errors, stats.client_disconnects) == (1, 1)
+    assert errors(caplog) == []
+    assert "raised while it was cancelled" in caplog.text
+
+
+async def test_a_body_whose_cleanup_raises_on_an_abort_is_the_applications_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"x" * 65536
+                    await trio.sleep(0.1)
+            finally:
+                raise ValueError("pool release failed")
+
+        return trioserve.Response(200, body=body())
+
+    server = trioserve.Server(handler)
+    async with open_connection(handler, server=server) as stream:
+        await stream.send_all(CLOSE_GET)
+        await stream.receive_some()
+    await trio.sleep(1)
+    assert not [m for m in errors(caplog) if "internal error" in m]
+    stats = server.statistics()
+    assert (stats.handler_errors, stats.client_disconnects) == (1, 1)
+
+
+async def test_starlette_is_disconnected_sees_a_client_that_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # is_disconnected() asks under a scope cancelled in advance; it was False forever.
+    seen: dict[str, float] = {}
+
+    async def long_poll(request: StarletteRequest) -> PlainTextResponse:
+        for _ in range(120):
+            if await request.is_disconnected():
+                seen["disconnected_at"] = trio.current_time()
+                return PlainTextResponse("gone", status_code=499)
+            await trio.sleep(0.5)
+        seen["ran_to_end_at"] = trio.current_time()
+        return PlainTextResponse("timeout")
+
+    app = Starlette(routes=[Route("/poll", long_poll)])
+    async with hosted(app) as handler:
+        async with open_connection(handler) as stream:
+            await stream.send_all(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+            await trio.sleep(1)
+        await trio.sleep(70)
+    assert seen == {"disconnected_at": 1.5}

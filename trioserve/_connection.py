@@ -440,21 +440,24 @@ class HTTPConnection:
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._write_cut_short()
-            self.peer_gone()
             raise ClientDisconnected("connection lost before 100 Continue") from exc
         finally:
             self._continue_sending = None
             sending.set()
         if scope.cancelled_caught:
-            self._write_cut_short()
             self.counters.write_timeouts += 1
+            self._write_cut_short()
             raise ClientDisconnected("client does not read its 100 Continue")
 
     def _write_cut_short(self) -> None:
         # h11 believes the bytes went out and the stream may hold part of them:
-        # nothing more may be written on this connection.
+        # nothing more may be written on this connection. The exchange ends as for a
+        # client that left: a handler still running is cancelled (the connection then
+        # aborts), and the connection task's next write aborts.
         self.proto.send_failed()
         self._write_failed = True
+        if self._current is not None:
+            self._current.client_left()
 
     # --- Sending -------------------------------------------------------------------------
 
@@ -469,7 +472,7 @@ class HTTPConnection:
         phase = self._phase
         self._phase = _WRITE
         try:
-            if self._owed or self._continue_sending is not None:
+            if self._owed or self._continue_sending is not None or self._write_failed:
                 scope.deadline = trio.current_time() + timeout
                 data = await self._after_continue(data)
             if len(data) <= WRITE_CHUNK:

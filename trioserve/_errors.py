@@ -104,6 +104,17 @@ class BodyUnavailable(RuntimeError):
         super().__init__("the request body can only be read while its handler runs")
 
 
+def split_failure(raised: BaseException) -> tuple[Exception | None, BaseException | None]:
+    """Split what application code raised: its own failure (an ``Exception``, or a
+    group of them), and what must go on propagating (trio's ``Cancelled``, which the
+    cancel scope that caused it absorbs; ``KeyboardInterrupt``)."""
+    if isinstance(raised, Exception):
+        return raised, None
+    if isinstance(raised, BaseExceptionGroup):
+        return raised.split(Exception)
+    return None, raised
+
+
 def single_leaf(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member groups (trio's nurseries wrap
     what their bodies raise), or ``exc`` itself."""

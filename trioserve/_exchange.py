@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
-from ._errors import BodyUnavailable, ClientDisconnected, HTTPError, RequestTimeout, single_leaf
+from ._errors import (
+    BodyUnavailable,
+    ClientDisconnected,
+    HTTPError,
+    RequestTimeout,
+    single_leaf,
+    split_failure,
+)
 from ._handler import Handler
 from ._http11 import BODY_END, BODY_INCOMPLETE
 from ._logging import error_logger
@@ -160,9 +167,26 @@ class Exchange:
         """Sort what the handler (or its streamed body) raised: count and log it, and
         return the status to answer with, or None when the connection must be cut
         off (the response has started, or the client is gone). Anything that is not
-        an ``Exception`` (a cancellation, KeyboardInterrupt) propagates.
+        an ``Exception`` (a cancellation, KeyboardInterrupt) propagates, after the
+        application's own errors beside it in a group are logged: they never leave
+        the exchange, whether a cancellation came with them or not.
         """
-        exc = single_leaf(raised)
+        failure, rest = split_failure(raised)
+        if rest is not None:
+            if failure is not None:
+                # The handler reacting to its cancellation (the client left, or the
+                # server cuts it off) and failing at it: counted, and logged at DEBUG,
+                # as the ASGI adapter logs an application's errors after an abort.
+                self._connection.counters.handler_errors += 1
+                error_logger.debug(
+                    "handler %r raised while it was cancelled, serving %r",
+                    self._handler,
+                    self.request,
+                    exc_info=failure,
+                )
+            raise rest from None
+        assert failure is not None  # split_failure returns one of the two, at least
+        exc = single_leaf(failure)
         if isinstance(exc, ClientDisconnected):
             # The client went away (a streamed body may have read the request body).
             self.count_client_gone()
@@ -175,8 +199,6 @@ class Exchange:
             if error_logger.isEnabledFor(logging.DEBUG):
                 error_logger.debug("%r refused mid-response (%s); aborting", self.request, exc)
             return None
-        if not isinstance(exc, Exception):
-            raise raised
         self._connection.counters.handler_errors += 1
         if not response_started:
             error_logger.error(
@@ -248,6 +270,14 @@ class Exchange:
             self._watcher_scope = self._watcher_done = None
             scope.cancel()
             await done.wait()
+
+    def is_disconnected(self) -> bool:
+        """Whether the client is gone or the exchange over; asking starts the watcher
+        (RequestSource)."""
+        if self._over:
+            return True
+        self._start_watcher()
+        return False
 
     async def wait_disconnected(self) -> None:
         """Return once the client is gone or the exchange is over (RequestSource)."""
@@ -429,29 +459,20 @@ class Exchange:
     ) -> int:
         """Send a head and a streamed body; the body is closed whatever happens.
 
-        Once the end of the response is on the wire, a failure to close the body is
-        the application's (a pooled resource not given back): it is logged, and the
-        connection goes on with the next request.
+        A failure to close the body is the application's (a pooled resource not given
+        back): it is logged, and never replaces the outcome: after a complete response
+        the connection goes on with the next request, after a failure it is cut off.
         """
         try:
             sent = await self._stream_body(response, body, close=close)
         except Abort:
-            await self._close_body(body)
+            await self._close_body(body, "after the connection was cut off")
             raise
         except BaseException as raised:
-            await self._close_body(body)
+            await self._close_body(body, "after the response failed")
             self.sort_failure(raised, response_started=True)
             raise Abort from None
-        self._connection.scope.deadline = _INF
-        try:
-            await _aclose_iterable(body)
-        except Exception as exc:
-            self._connection.counters.handler_errors += 1
-            error_logger.error(
-                "closing the response body of %r failed after the response was complete",
-                self.request,
-                exc_info=exc,
-            )
+        await self._close_body(body, "after the response was complete")
         return sent
 
     async def _stream_body(
@@ -486,13 +507,25 @@ class Exchange:
         connection.response_open = False
         return sent
 
-    async def _close_body(self, body: AsyncIterable[bytes]) -> None:
+    async def _close_body(self, body: AsyncIterable[bytes], when: str) -> None:
         # Closing the body is the handler's work (a WSGI thread to join, a pooled
         # resource to give back): no write deadline over it. A write timeout that
-        # already fired stays fired (cancel_called is sticky). What closing raises
-        # here replaces the failure being handled, as a ``finally`` would.
+        # already fired stays fired (cancel_called is sticky).
         self._connection.scope.deadline = _INF
-        await _aclose_iterable(body)
+        try:
+            await _aclose_iterable(body)
+        except BaseException as raised:
+            failure, rest = split_failure(raised)
+            if failure is not None:
+                self._connection.counters.handler_errors += 1
+                error_logger.error(
+                    "closing the response body of %r failed %s",
+                    self.request,
+                    when,
+                    exc_info=failure,
+                )
+            if rest is not None:
+                raise rest from None
 
     # --- The end -----------------------------------------------------------------------------
 

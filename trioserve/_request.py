@@ -41,6 +41,10 @@ class RequestSource(Protocol):
         """Return once the client has gone away or the exchange is over."""
         ...
 
+    def is_disconnected(self) -> bool:
+        """Whether the client is known gone or the exchange over (watching begins)."""
+        ...
+
 
 class _BytesBody:
     """A body that is already in memory (requests built by hand, e.g. in tests)."""
@@ -57,6 +61,9 @@ class _BytesBody:
 
     async def wait_disconnected(self) -> None:
         await trio.sleep_forever()
+
+    def is_disconnected(self) -> bool:
+        return False
 
 
 class Request:
@@ -183,6 +190,14 @@ class Request:
         application that its client left (ASGI ``http.disconnect``).
         """
         await self._source.wait_disconnected()
+
+    def is_disconnected(self) -> bool:
+        """Whether the client is known to have gone away, or this exchange is over.
+
+        Does not wait: the first call makes the server start watching the connection
+        (once the body has been read), so a later call sees a client that left since.
+        """
+        return self._source.is_disconnected()
 
     def stream(self) -> AsyncIterator[bytes]:
         """Yield the body piece by piece as it arrives; a piece is never empty.

@@ -30,13 +30,12 @@ from __future__ import annotations
 import enum
 import io
 import logging
-import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
 import trio
 
-from .._errors import BodyUnavailable, ClientDisconnected, HTTPError
+from .._errors import BodyUnavailable, ClientDisconnected, HTTPError, split_failure
 from .._logging import error_logger
 from .._request import Request
 from .._response import BodyAfterFirst, Response
@@ -48,9 +47,6 @@ from ._types import (
     message_bool,
     message_bytes,
 )
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["ABANDON_GRACE", "HTTPCycle"]
 
@@ -210,7 +206,7 @@ class HTTPCycle:
                     # The app's own errors are sorted here; what is left to raise is
                     # only trio's cancellation (app_scope's, or from outside) and
                     # KeyboardInterrupt or SystemExit.
-                    failure, rest = _split_failure(raised)
+                    failure, rest = split_failure(raised)
                     if failure is not None:
                         self._app_raised(failure)
                     if rest is not None:
@@ -280,19 +276,22 @@ class HTTPCycle:
         (backpressure). ``http.disconnect`` comes once the client is gone or the
         response is done; until then a ``receive()`` after the body waits.
         """
+        if self._state == _ABORTED or self.request.is_disconnected():
+            # Known at once, so answered at once, even under a scope cancelled in
+            # advance: Starlette's is_disconnected() asks exactly that way. (Asking
+            # also starts the engine's watch, so a later ask sees a client that left.)
+            if self._state < _COMPLETE:
+                self.abort()  # spec: once an application got http.disconnect, send() raises
+            return {"type": "http.disconnect"}
         await trio.lowlevel.checkpoint_if_cancelled()  # rule 6: cancelled, nothing taken
         if not self._request_done and self._state < _COMPLETE:
             return await self._receive_body()
-        if self._state != _ABORTED:
-            # The engine starts watching the connection for us now (the handler says
-            # watch_disconnect = False: most applications never ask).
-            await self.request.wait_disconnected()
-            if self._state < _COMPLETE:
-                # The exchange ended before the response did: the client is gone.
-                # Spec: once an application got http.disconnect, send() raises.
-                self.abort()
-        else:
-            await trio.lowlevel.checkpoint()
+        # The engine watches the connection for us now (the handler says
+        # watch_disconnect = False: most applications never ask).
+        await self.request.wait_disconnected()
+        if self._state < _COMPLETE:
+            # The exchange ended before the response did: the client is gone.
+            self.abort()
         return {"type": "http.disconnect"}
 
     async def _receive_body(self) -> Message:
@@ -311,16 +310,14 @@ class HTTPCycle:
             # waited: the engine drains the rest; for the application it is over.
             self._request_done = True
             return {"type": "http.disconnect"}
-        except ClientDisconnected:
+        except (ClientDisconnected, HTTPError) as exc:
+            # The client went away, or the body was refused: too large (413), too slow
+            # (408). The application hears http.disconnect; the engine gets the cause,
+            # whatever the application does next: before the response starts the
+            # handler raises it (the HTTPError's status is answered), while it streams
+            # the body raises it (the connection is cut off, logged at DEBUG).
             self._request_done = True
-            self.abort()
-            return {"type": "http.disconnect"}
-        except HTTPError as exc:
-            # Too large (413) or too slow (408): the engine answers it if the handler
-            # raises it before the response started.
-            self._request_done = True
-            if self._state <= _STARTED:
-                self._fail(exc)
+            self._body_failed(exc)
             return {"type": "http.disconnect"}
         left = self._body_left
         if left is not None:
@@ -331,6 +328,15 @@ class HTTPCycle:
                 self._body_complete()
                 return {"type": "http.request", "body": chunk, "more_body": False}
         return {"type": "http.request", "body": chunk, "more_body": True}
+
+    def _body_failed(self, exc: Exception) -> None:
+        state = self._state
+        if state <= _STARTED:
+            self._fail(exc)
+        elif state == _STREAMING:
+            self._failure = exc
+            self._end_stream()
+            self.abort()
 
     def _body_complete(self) -> None:
         self._request_done = True
@@ -512,17 +518,6 @@ class _FileBody:
     async def aclose(self) -> None:
         self._file.close()
         await trio.lowlevel.checkpoint()
-
-
-def _split_failure(raised: BaseException) -> tuple[Exception | None, BaseException | None]:
-    """Split what an application raised: its own failure (an ``Exception``, or a group
-    of them), and what must go on propagating (trio's ``Cancelled``, which the
-    application's cancel scope or the host's absorbs, ``KeyboardInterrupt``)."""
-    if isinstance(raised, Exception):
-        return raised, None
-    if isinstance(raised, BaseExceptionGroup):
-        return raised.split(Exception)
-    return None, raised
 
 
 def _header_pairs(headers: Iterable[object]) -> list[tuple[bytes, bytes]]:
