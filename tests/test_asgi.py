@@ -24,7 +24,6 @@ import trio.testing
 import trioserve
 import trioserve.asgi._http
 from tests.asgi_apps.serving import serve_asgi
-from trioserve.asgi._lifespan import SHUTDOWN_TIMEOUT
 from trioserve.asgi import (
     ABANDON_GRACE,
     ASGIHandler,
@@ -35,6 +34,7 @@ from trioserve.asgi import (
     Scope,
     Send,
 )
+from trioserve.asgi._lifespan import SHUTDOWN_TIMEOUT
 from trioserve.testing import open_connection, parse_responses, receive_all, stream_pair
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
