@@ -70,7 +70,7 @@ class Response:
         """A copy of this response with another body (status and headers, already
         valid, are kept as they are: an adapter can validate a head before its body
         is known, then add the body without checking the head again)."""
-        copy = object.__new__(Response)
+        copy = object.__new__(type(self))
         _set = object.__setattr__
         _set(copy, "status", self.status)
         _set(copy, "headers", self.headers)
@@ -84,6 +84,10 @@ class Response:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Response is frozen: cannot delete .{name}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # copy and pickle would restore the slots with setattr, which is refused.
+        return (_rebuild, (type(self), self.status, self.headers, self.body))
 
     def __repr__(self) -> str:
         kind = f"{len(self.body)} bytes" if isinstance(self.body, bytes) else "streamed"
@@ -113,6 +117,19 @@ class BodyAfterFirst:
     async def next_piece(self) -> bytes:
         """The next piece after the first (raise ``StopAsyncIteration`` at the end)."""
         raise NotImplementedError
+
+
+def _rebuild(
+    cls: type[Response],
+    status: int,
+    headers: tuple[tuple[bytes, bytes], ...],
+    body: bytes | AsyncIterable[bytes],
+) -> Response:
+    response = object.__new__(cls)
+    object.__setattr__(response, "status", status)
+    object.__setattr__(response, "headers", headers)
+    object.__setattr__(response, "body", body)
+    return response
 
 
 def _valid_body(body: Body) -> bytes | AsyncIterable[bytes]:

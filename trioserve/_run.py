@@ -90,9 +90,10 @@ def run(
     """
     if not logging_configured():
         configure_logging("info", access_log=True)
+    served: list[Server] = []  # the server, once it serves (for a late Ctrl+C)
     try:
         server = trio.run(
-            functools.partial(_serve_and_report, handler, port, host, config, lifespan)
+            functools.partial(_serve_and_report, handler, port, host, config, lifespan, served)
         )
     except _ListenError as exc:
         _report(f"cannot listen on {_where(host, port)}: {_listen_reason(exc.error, port)}", exc)
@@ -105,6 +106,10 @@ def run(
         # startup): trio raises KeyboardInterrupt, possibly inside an exception group.
         if not _only_keyboard_interrupts(exc):
             raise
+        if served:
+            # A signal in the instant after serve() returned and took its handlers
+            # with it: the shutdown was over, or forced.
+            return EXIT_FAILURE if served[0].forced else EXIT_OK
         print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     return EXIT_FAILURE if server.forced else EXIT_OK
@@ -124,6 +129,7 @@ async def _serve_and_report(
     host: str | None,
     config: Config | None,
     lifespan: Lifespan | None,
+    served: list[Server],
 ) -> Server:
     failure: _ListenError | StartupError | None = None
     server: Server | None = None
@@ -148,6 +154,7 @@ async def _serve_and_report(
             failure = _ListenError(exc)
             failure.__cause__ = exc
         else:
+            served.append(server)
             # serve() installed its signal handlers before reporting the server.
             for url in server.urls:
                 print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ Rules for this module:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -305,33 +306,30 @@ async def serve(
     """
     config = config if config is not None else Config()
     server = Server(handler, config)
-    # Bind first: a port in use fails here, as itself, before a slow startup runs; and
-    # every error below is raised from outside any nursery, never wrapped in a group.
+    # Bind first: a port in use fails here, as itself, before a slow startup runs.
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
-    failure: StartupError | None = None
+    failure: BaseException | None = None
     try:
-        # The signal receiver and the lifespan live in this nursery, so that signals
-        # are handled until serve() returns: through the lifespan's exit, and after a
-        # forced shutdown (a third Ctrl+C must not become a KeyboardInterrupt).
-        async with trio.open_nursery() as nursery:
-            lifespan_done = trio.Event()
+        # The signal receiver lives in this nursery, around the lifespan, so that
+        # signals are handled until serve() returns: through the lifespan's exit, and
+        # after a forced shutdown (a third Ctrl+C must not become a KeyboardInterrupt).
+        async with trio.open_nursery() as signals:
             try:
-                await nursery.start(_hold_lifespan, lifespan, server, lifespan_done)
-            except StartupError as exc:
-                failure = exc  # raised below, outside the nursery
-                nursery.cancel_scope.cancel()
-            else:
-                await nursery.start(server.serve_listeners, listeners)
-                if shutdown_trigger is not None:
-                    nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
-                if handle_signals:
-                    # Installed before we report that we serve: a SIGTERM sent the
-                    # moment a supervisor sees us listening must drain, not kill.
-                    # (Before this, during a slow startup, the default actions apply.)
-                    await nursery.start(_shutdown_on_signals, server)
-                task_status.started(server)
-                await lifespan_done.wait()  # after the drain and the lifespan's exit
-                nursery.cancel_scope.cancel()
+                # A forced shutdown cancels this scope: the lifespan's exit included.
+                with trio.CancelScope() as hard_stop:
+                    server._cancel_when_forced(hard_stop)
+                    await _serve_in_lifespan(
+                        server,
+                        listeners,
+                        lifespan,
+                        shutdown_trigger,
+                        signals,
+                        handle_signals,
+                        task_status,
+                    )
+            except (Exception, KeyboardInterrupt) as exc:
+                failure = exc  # raised below, outside the nursery: as itself
+            signals.cancel_scope.cancel()
     finally:
         if not server._serving:  # serve_listeners closes them once it has them
             for listener in listeners:
@@ -340,39 +338,44 @@ async def serve(
         raise failure
 
 
-async def _hold_lifespan(
-    lifespan: Lifespan | None,
+async def _serve_in_lifespan(
     server: Server,
-    done: trio.Event,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    listeners: list[trio.SocketListener],
+    lifespan: Lifespan | None,
+    shutdown_trigger: ShutdownTrigger | None,
+    signals: trio.Nursery,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[Server],
 ) -> None:
-    """Enter ``lifespan``, report started, and exit it once the server has finished.
+    """Enter ``lifespan`` in serve()'s own task (so context variables it sets reach
+    every connection), serve until shut down, and exit it.
 
-    An error on entry is a :class:`StartupError`, raised before ``started`` (so
-    ``nursery.start`` raises it as itself). A forced shutdown cancels the exit.
+    An error on entry is a :class:`StartupError`. What the lifespan's exit gets is
+    what serving raised, if anything: its cleanup runs as for any ``async with``.
     """
+    manager = lifespan() if lifespan is not None else contextlib.nullcontext()
+    entered = False
     try:
-        with trio.CancelScope() as hard_stop:
-            server._cancel_when_forced(hard_stop)
-            if lifespan is None:
-                task_status.started()
+        async with manager:
+            entered = True
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_listeners, listeners)
+                if shutdown_trigger is not None:
+                    nursery.start_soon(_shutdown_on_trigger, server, shutdown_trigger)
+                if handle_signals:
+                    # Installed before we report that we serve: a SIGTERM sent the
+                    # moment a supervisor sees us listening must drain, not kill.
+                    # (Before this, during a slow startup, the default actions apply.)
+                    await signals.start(_shutdown_on_signals, server)
+                task_status.started(server)
                 await server.wait_finished()
-                return
-            entered = False
-            try:
-                async with lifespan():
-                    entered = True
-                    task_status.started()
-                    await server.wait_finished()
-            except StartupError:
-                raise
-            except Exception as exc:
-                if entered:
-                    raise
-                raise StartupError(f"startup failed: {exc!r}") from exc
-    finally:
-        done.set()
+                nursery.cancel_scope.cancel()
+    except StartupError:
+        raise
+    except Exception as exc:
+        if entered:
+            raise
+        raise StartupError(f"startup failed: {exc!r}") from exc
 
 
 async def _shutdown_on_trigger(server: Server, trigger: ShutdownTrigger) -> None:
