@@ -1,8 +1,9 @@
-"""A small h11 client for the tests: raw request bytes in, parsed responses out.
+"""Raw request bytes in, parsed responses out, fed three ways.
 
 Requests are written as raw bytes (the interesting ones are malformed on purpose, so
-no client library would send them); responses are parsed by a real
-``h11.Connection(h11.CLIENT)``, so a response that h11 would not accept fails the test.
+no client library would send them); responses are read by
+``trioserve.testing.ResponseReader`` (a real ``h11.Connection(h11.CLIENT)``), so a
+response that h11 would not accept fails the test.
 
 ``open_feed(handler, feed)`` serves one in-memory connection and delivers what the
 test sends in one of three ways (see ``FEEDS``), so each protocol case runs whole,
@@ -11,18 +12,15 @@ byte by byte, and pipelined behind another request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import h11
 import trio
 
 import trioserve
-from trioserve.testing import PipeStream, open_connection
+from trioserve.testing import PipeStream, ResponseReader, TestResponse, open_connection
 
-__all__ = ["FEEDS", "Handler", "OneByteAtATime", "Reply", "ResponseReader", "open_feed"]
-
-Handler = Callable[[trioserve.Request], Awaitable[trioserve.Response]]
+__all__ = ["FEEDS", "OneByteAtATime", "Reply", "open_feed"]
 
 #: How a test's bytes reach the server: in one piece; one byte per read; or in one
 #: piece behind a pipelined ``GET /prelude`` whose answer is checked and skipped.
@@ -31,118 +29,8 @@ FEEDS = ("whole", "bytewise", "pipelined")
 PRELUDE = b"GET /prelude HTTP/1.1\r\nHost: prelude\r\n\r\n"
 
 
-class Reply:
-    """One response as h11 parsed it, with the interim (1xx) statuses before it."""
-
-    __slots__ = ("body", "headers", "http_version", "informational", "reason", "status")
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        http_version: bytes,
-        informational: list[int],
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = trioserve.Headers(headers)
-        self.body = body
-        self.http_version = http_version
-        self.informational = informational
-
-    def __repr__(self) -> str:
-        return f"<Reply {self.status} {self.headers!r} {self.body[:60]!r}>"
-
-
-class ResponseReader:
-    """Reads responses off the client end of a connection with an h11 client."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._conn = h11.Connection(h11.CLIENT)
-        self._begun = False
-        self._informational: list[int] = []
-
-    async def read(self, method: str = "GET") -> Reply:
-        """The next complete response; ``method`` is the request's (HEAD has no body).
-
-        Raises:
-            h11.RemoteProtocolError: the response is malformed or ends early (an
-                aborted connection looks like this).
-        """
-        self._begin(method)
-        head: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.InformationalResponse):
-                self._informational.append(event.status_code)
-            elif isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                informational, self._informational = self._informational, []
-                self._begun = False
-                return Reply(
-                    head.status_code,
-                    head.reason,
-                    list(head.headers),
-                    bytes(body),
-                    head.http_version,
-                    informational,
-                )
-            else:
-                raise AssertionError(f"unexpected {event!r} before a complete response")
-
-    async def read_informational(self, method: str = "POST") -> int:
-        """Wait for an interim (1xx) response and return its status."""
-        self._begin(method)
-        event = await self._next_event()
-        assert isinstance(event, h11.InformationalResponse), event
-        return event.status_code
-
-    def _begin(self, method: str) -> None:
-        if self._begun:
-            return
-        self._begun = True
-        conn = self._conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        # The h11 client must believe it sent the request to parse the answer (it
-        # needs the method for HEAD); the bytes it produces are not sent anywhere.
-        conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
-        conn.send(h11.EndOfMessage())
-
-    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA]:
-        while True:
-            event = self._conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self._stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            self._conn.receive_data(data)
-
-    async def read_eof(self) -> bytes:
-        """Read until the server closes; return what came after the last response.
-
-        A test asserts ``await reader.read_eof() == b""``: nothing more was sent.
-        """
-        extra = bytearray(self._conn.trailing_data[0])
-        while True:
-            try:
-                data = await self._stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break
-            if not data:
-                break
-            extra += data
-        return bytes(extra)
+#: The tests' name for a parsed response: trioserve.testing's own.
+Reply = TestResponse
 
 
 class OneByteAtATime(trio.abc.HalfCloseableStream):
@@ -188,28 +76,28 @@ class Feed:
     async def read(self, method: str = "GET") -> Reply:
         """The next response to the test's requests (the prelude's is checked first)."""
         await self._skip_prelude()
-        return await self.reader.read(method)
+        return await self.reader.receive_response(method)
 
     async def _skip_prelude(self) -> None:
         if self._prelude_unread:
             self._prelude_unread = False
-            prelude = await self.reader.read()
+            prelude = await self.reader.receive_response()
             assert (prelude.status, prelude.body) == (200, b"prelude")
             assert prelude.headers.get("connection") is None
 
     async def read_informational(self) -> int:
         """Wait for an interim (1xx) response to the test's request."""
         await self._skip_prelude()
-        return await self.reader.read_informational()
+        return await self.reader.receive_informational()
 
     async def read_eof(self) -> bytes:
-        """See :meth:`ResponseReader.read_eof`."""
-        return await self.reader.read_eof()
+        """What came after the last response, up to the close: ``b""`` when nothing."""
+        return await self.reader.receive_rest()
 
 
 @asynccontextmanager
 async def open_feed(
-    handler: Handler,
+    handler: trioserve.Handler,
     feed: str,
     config: trioserve.Config | None = None,
 ) -> AsyncIterator[Feed]:
@@ -228,5 +116,5 @@ async def open_feed(
 
     server = trioserve.Server(serve, config)
     wrap = OneByteAtATime if feed == "bytewise" else None
-    async with open_connection(serve, server=server, wrap=wrap) as stream:
+    async with open_connection(server, wrap=wrap) as stream:
         yield Feed(stream, server, feed)

@@ -43,7 +43,7 @@ def _post(length: int, *, extra: bytes = b"") -> bytes:
 
 async def test_keep_alive_timeout_closes_quietly(autojump_clock: trio.testing.MockClock) -> None:
     server = trioserve.Server(hello)
-    async with open_connection(hello, server=server) as stream:
+    async with open_connection(server) as stream:
         await trio.sleep(3)  # the first request may come late (within header_timeout)
         await stream.send_all(GET)
         answer, closed = await _closed_at(stream)
@@ -80,7 +80,7 @@ async def test_a_stray_crlf_on_an_idle_connection_keeps_it_idle(
     # the connection into the head phase: a 408 at header_timeout instead of a quiet
     # close at keep_alive_timeout.
     server = trioserve.Server(hello)
-    async with open_connection(hello, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(GET)
         assert parse_responses(await stream.receive_some())[0].status == 200
         await trio.sleep(1)
@@ -110,7 +110,7 @@ async def test_silent_connection_closes_quietly_at_header_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = trioserve.Server(hello)
-    async with open_connection(hello, server=server) as stream:
+    async with open_connection(server) as stream:
         answer, closed = await _closed_at(stream)
     # No byte was sent: nobody may be there to read a 408, so none is sent.
     assert answer == b""
@@ -124,7 +124,7 @@ async def test_slowloris_first_request_gets_408_at_header_timeout(
 ) -> None:
     server = trioserve.Server(hello)
     head = GET[:-2] + b"X-Slow: " + b"a" * 100 + b"\r\n\r\n"
-    async with open_connection(hello, server=server) as stream, trio.open_nursery() as nursery:
+    async with open_connection(server) as stream, trio.open_nursery() as nursery:
         # One byte a second, forever within reach of the next byte: progress must not
         # extend the deadline, which counts from accept for a first request.
         nursery.start_soon(lambda: trickle(stream, head, size=1, interval=1.0))
@@ -176,7 +176,7 @@ async def test_stalled_body_gets_408_at_body_timeout(
     # 1 MiB arrives at once (earning 1024 s of waiting at 1 KiB/s), then nothing:
     # body_timeout, not the rate, is what runs out.
     sent = 1024 * 1024
-    async with open_connection(echo, server=server, buffer_size=2 * sent) as stream:
+    async with open_connection(server, buffer_size=2 * sent) as stream:
         await stream.send_all(_post(2 * sent) + b"x" * sent)
         answer, closed = await _closed_at(stream)
     [response] = parse_responses(answer)
@@ -214,7 +214,7 @@ async def test_one_byte_a_second_body_fails_the_rate_at_the_grace(
         await trio.sleep(0.5)  # bytes at 0.5, 1.5, 2.5 ...: never at a deadline
         await trickle(stream, b"x" * 1000, size=1, interval=1.0)
 
-    async with open_connection(echo, server=server) as stream, trio.open_nursery() as nursery:
+    async with open_connection(server) as stream, trio.open_nursery() as nursery:
         nursery.start_soon(client, stream)
         answer, closed = await _closed_at(stream)
     [response] = parse_responses(answer)
@@ -257,7 +257,7 @@ async def test_handler_time_between_reads_does_not_count_against_the_rate(
     # Wall-clock rate: 2 KiB per 61 s, far under 1 KiB/s. Waiting-time rate: 2 KiB per
     # 1 s of waiting for it, well over.
     server = trioserve.Server(slow_reader)
-    async with open_connection(slow_reader, server=server) as stream, trio.open_nursery() as n:
+    async with open_connection(server) as stream, trio.open_nursery() as n:
         n.start_soon(client, stream)
         [response] = parse_responses(await receive_all(stream))
     assert response.status == 200
@@ -287,7 +287,7 @@ async def test_64_kib_per_second_upload_of_100_mb_succeeds(
                 await trio.sleep(1)
 
     server = trioserve.Server(discard)
-    async with open_connection(discard, server=server) as stream, trio.open_nursery() as n:
+    async with open_connection(server) as stream, trio.open_nursery() as n:
         n.start_soon(client, stream)
         answer, closed = await _closed_at(stream)
     [response] = parse_responses(answer)
@@ -319,7 +319,7 @@ async def test_client_that_never_reads_is_aborted_at_write_timeout(
         return trioserve.Response(200, body=body())
 
     server = trioserve.Server(endless)
-    async with open_connection(endless, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(GET)
         await finished.wait()  # never reads: the 64 KiB buffer fills at t == 0
         assert cancelled_at == [DEFAULTS.write_timeout]
@@ -341,7 +341,7 @@ async def test_write_timeout_on_a_bytes_body(autojump_clock: trio.testing.MockCl
         return trioserve.Response(200, body=big)
 
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(GET)
         await trio.sleep(DEFAULTS.write_timeout - 1)
         assert server.statistics().connections_open == 1
@@ -361,7 +361,7 @@ async def test_slow_reader_within_write_timeout_gets_everything(
 
     server = trioserve.Server(handler)
     answer = bytearray()
-    async with open_connection(handler, server=server, buffer_size=65536) as stream:
+    async with open_connection(server, buffer_size=65536) as stream:
         await stream.send_all(GET)
         # 64 KiB every 5 s: each piece the server writes (256 KiB) is taken within
         # 20 s, under write_timeout.
@@ -381,7 +381,7 @@ async def test_body_timeout_after_the_response_started_aborts_without_408(
 
     server = trioserve.Server(streaming_echo)
     config = server.config
-    async with open_connection(streaming_echo, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(_post(100) + b"x" * 10)
         answer, closed = await _closed_at(stream)
     # The 200 head and the 10 echoed bytes went out; a 408 can no longer be sent, so

@@ -21,8 +21,7 @@ import trio.testing
 
 import trioserve
 from trioserve import Request, Response
-
-from .helpers import ResponseReader
+from trioserve.testing import ResponseReader
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: No test here may take longer than this (real seconds).
@@ -74,7 +73,7 @@ async def test_nursery_start_returns_a_listening_server(nursery: trio.Nursery) -
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(GET)
-            reply = await ResponseReader(stream).read()
+            reply = await ResponseReader(stream).receive_response()
     assert reply.body == f"('127.0.0.1', {port}) True".encode()
 
 
@@ -104,7 +103,7 @@ async def test_cancelling_the_surrounding_scope_stops_everything() -> None:
                 # One idle keep-alive connection, one with a handler in flight.
                 idle = await trio.open_tcp_stream("127.0.0.1", port)
                 await idle.send_all(GET)
-                assert (await ResponseReader(idle).read()).body == b"ok"
+                assert (await ResponseReader(idle).receive_response()).body == b"ok"
                 busy = await trio.open_tcp_stream("127.0.0.1", port)
                 await busy.send_all(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
                 await in_handler.wait()
@@ -145,7 +144,7 @@ async def test_graceful_shutdown_finishes_requests_in_flight() -> None:
                 # Listening stopped at once, while the request is still in flight.
                 await assert_refused(port)
                 release.set()
-                reply = await ResponseReader(stream).read()
+                reply = await ResponseReader(stream).receive_response()
                 assert await stream.receive_some(100) == b""
                 # shutdown() returns once the server has closed this connection,
                 # after its lingering read sees the client's close.
@@ -168,7 +167,7 @@ async def test_serve_connection_on_a_memory_stream_pair(
         nursery.start_soon(server.serve_connection, server_end)
         await client_end.send_all(GET + GET)
         reader = ResponseReader(client_end)
-        first, second = await reader.read(), await reader.read()
+        first, second = await reader.receive_response(), await reader.receive_response()
         await client_end.aclose()
     assert first.body == second.body == b"None None http"
     assert server.statistics().connections_total == 1
@@ -208,7 +207,7 @@ async def http_get(url: str, path: str) -> bytes:
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        return (await ResponseReader(stream).read()).body
+        return (await ResponseReader(stream).receive_response()).body
 
 
 async def test_hello_example_serves_and_stops_on_ctrl_c() -> None:

@@ -196,7 +196,7 @@ async def test_an_early_asgi_response_while_the_app_reads_the_body(
     caplog.set_level(logging.DEBUG, logger="trioserve")
     async with hosted(app) as handler:
         server = trioserve.Server(handler)
-        async with open_connection(handler, server=server) as stream:
+        async with open_connection(server) as stream:
             await stream.send_all(
                 b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
             )
@@ -313,13 +313,13 @@ async def test_an_app_whose_cleanup_raises_while_cancelled_does_not_take_the_ser
         innocent: list[bytes] = []
 
         async def innocent_client() -> None:
-            async with open_connection(handler, server=server) as stream:
+            async with open_connection(server) as stream:
                 await stream.send_all(CLOSE_GET)
                 innocent.append(await receive_all(stream))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(innocent_client)
-            async with open_connection(handler, server=server) as stream:
+            async with open_connection(server) as stream:
                 await stream.send_all(b"GET /fragile HTTP/1.1\r\nHost: x\r\n\r\n")
                 await trio.sleep(1)
     [response] = parse_responses(innocent[0])
@@ -373,7 +373,7 @@ async def test_a_body_that_fails_to_close_after_a_complete_response_is_only_logg
 
     caplog.set_level(logging.INFO, logger="trioserve")
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n" + CLOSE_GET)
         responses = parse_responses(await receive_all(stream))
     assert [r.body for r in responses] == [b"complete body", b"second"]
@@ -429,7 +429,7 @@ async def test_a_100_continue_the_client_does_not_read_ends_the_connection(
     async with hosted(_asgi_fill_or_echo) as asgi_handler:
         handler: Handler = asgi_handler if kind == "asgi" else _native_fill_or_echo
         server = trioserve.Server(handler)
-        async with open_connection(handler, server=server, buffer_size=3100) as stream:
+        async with open_connection(server, buffer_size=3100) as stream:
             await stream.send_all(FILL_THEN_EXPECT)
             await trio.sleep(60)  # reads nothing for longer than write_timeout
             with trio.fail_after(60):
@@ -457,7 +457,7 @@ async def test_a_slow_body_while_an_asgi_app_streams_is_not_the_apps_fault(
 
     async with hosted(app) as handler:
         server = trioserve.Server(handler)
-        async with open_connection(handler, server=server) as stream:
+        async with open_connection(server) as stream:
             await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
             with trio.fail_after(100):
                 answer = await receive_all(stream)
@@ -487,7 +487,7 @@ async def test_a_native_handler_whose_cleanup_raises_while_cancelled_stays_in_it
 
     caplog.set_level(logging.DEBUG, logger="trioserve")
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(CLOSE_GET)
         await trio.sleep(1)
     await trio.testing.wait_all_tasks_blocked()
@@ -512,7 +512,7 @@ async def test_a_body_whose_cleanup_raises_on_an_abort_is_the_applications_error
         return trioserve.Response(200, body=body())
 
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(CLOSE_GET)
         await stream.receive_some()
     await trio.sleep(1)

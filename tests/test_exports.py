@@ -36,6 +36,25 @@ PUBLIC = {
     "run",
     "serve",
 }
+TESTING_PUBLIC = {
+    "Client",
+    "FailAfter",
+    "MemoryListener",
+    "PipeStream",
+    "ResponseReader",
+    "TestResponse",
+    "check_handler",
+    "open_client",
+    "open_connection",
+    "parse_responses",
+    "receive_all",
+    "receive_then_close",
+    "reset",
+    "send_then_close",
+    "send_with_stall",
+    "stream_pair",
+    "trickle",
+}
 
 
 def public_names(module: types.ModuleType) -> set[str]:
@@ -50,6 +69,10 @@ def public_names(module: types.ModuleType) -> set[str]:
 def test_trioserve_exports_exactly_the_intended_names() -> None:
     assert public_names(trioserve) == PUBLIC
     assert isinstance(trioserve.__version__, str)
+
+
+def test_trioserve_testing_exports_exactly_the_intended_names() -> None:
+    assert public_names(trioserve.testing) == TESTING_PUBLIC
 
 
 @pytest.mark.parametrize("module", [trioserve, trioserve.testing], ids=lambda m: m.__name__)

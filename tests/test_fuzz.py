@@ -129,7 +129,7 @@ async def _one_example(data: bytes, cuts: list[int], ending: str) -> list[int] |
     """Returns the statuses answered (None when the client did not read)."""
     statuses = None
     server = trioserve.Server(_handler, CONFIG)
-    async with open_connection(_handler, server=server) as stream:
+    async with open_connection(server) as stream:
         pieces = []
         start = 0
         for cut in sorted({c % (len(data) + 1) for c in cuts}):
@@ -159,7 +159,7 @@ async def _one_example(data: bytes, cuts: list[int], ending: str) -> list[int] |
     assert stats.connections_open == 0
     assert stats.handler_errors == 0
     # The same server serves the next connection normally.
-    async with open_connection(_handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
         await stream.send_eof()
         [response] = parse_responses(await receive_all(stream))

@@ -36,7 +36,7 @@ async def _exchange(
     server: trioserve.Server, data: bytes, *, bytewise: bool = False
 ) -> list[trioserve.testing.TestResponse]:
     """Send ``data`` on a new connection and parse everything until the server closes."""
-    async with open_connection(server.handler, server=server) as stream:
+    async with open_connection(server) as stream:
         if bytewise:
             await trickle(stream, data, size=1, interval=0)
         else:
@@ -210,7 +210,7 @@ async def test_declared_body_over_the_limit_gets_413_without_100_continue(
 ) -> None:
     server = trioserve.Server(echo, SMALL_BODY)
     data = _request(method=b"POST", headers=b"Content-Length: 1001\r\nExpect: 100-continue\r\n")
-    async with open_connection(echo, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(data)
         answer = await receive_all(stream)
     assert answer.startswith(b"HTTP/1.1 413 ")  # no "100 Continue" before it

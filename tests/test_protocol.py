@@ -321,7 +321,7 @@ async def test_100_continue_is_sent_when_the_handler_reads(
         reply = await conn.read()
         after = await conn.read()
     assert reply.body == b"POST /e 1.1 b'hello'"
-    assert reply.informational == []
+    assert reply.informational == ()
     assert after.body == b"GET /next 1.1 b''"
 
 
@@ -342,7 +342,7 @@ async def test_100_continue_not_sent_when_the_handler_does_not_read(
         # reused: it is closed.
         assert await conn.read_eof() == b""
         assert conn.server.statistics().responses_1xx == 0
-    assert (reply.status, reply.informational) == (403, [])
+    assert (reply.status, reply.informational) == (403, ())
     assert reply.headers.get("connection") == "close"
     assert seen == ["100-continue"]
 
@@ -357,7 +357,7 @@ async def test_100_continue_not_sent_for_a_body_over_the_limit(
         await conn.send(EXPECT)
         reply = await conn.read()
         assert await conn.read_eof() == b""
-    assert (reply.status, reply.informational) == (413, [])
+    assert (reply.status, reply.informational) == (413, ())
     assert handler.count == 0
 
 

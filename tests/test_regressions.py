@@ -35,7 +35,7 @@ async def test_a_streamed_body_may_wait_longer_than_write_timeout_for_its_first_
 
     config = trioserve.Config(write_timeout=30)
     server = trioserve.Server(events, config)
-    async with open_connection(events, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(GET)
         with trio.fail_after(100):
             answer = await stream.receive_some()
@@ -55,7 +55,7 @@ async def test_draining_an_unread_body_is_not_cut_at_write_timeout(
 
     config = trioserve.Config(write_timeout=30, body_timeout=25, body_min_rate=0)
     server = trioserve.Server(refuse, config)
-    async with open_connection(refuse, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n")
         for _ in range(3):  # the rest of the body comes slowly, within body_timeout
             await trio.sleep(20)
@@ -89,7 +89,7 @@ async def test_a_write_deadline_passing_as_the_last_bytes_go_out_never_reaches_t
 
     config = trioserve.Config(write_timeout=10)
     server = trioserve.Server(handler, config)
-    async with open_connection(handler, server=server, buffer_size=1000) as stream:
+    async with open_connection(server, buffer_size=1000) as stream:
         await stream.send_all(
             b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"
         )
@@ -192,7 +192,7 @@ async def test_closing_a_streamed_body_is_not_under_the_write_deadline(
 
     config = trioserve.Config(write_timeout=30)
     server = trioserve.Server(handler, config)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(
             f"{method} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
         )

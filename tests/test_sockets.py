@@ -19,8 +19,8 @@ import trio
 
 import trioserve
 from trioserve import Request, Response
+from trioserve.testing import ResponseReader
 
-from .helpers import ResponseReader
 from .test_protocol import client_hello
 
 #: No test here may take longer than this (real seconds).
@@ -158,7 +158,7 @@ async def test_streamed_upload_echoed_by_the_example(nursery: trio.Nursery) -> N
         stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
         async with stream, trio.open_nursery() as uploading:
             uploading.start_soon(upload, stream)
-            reply = await ResponseReader(stream).read("PUT")
+            reply = await ResponseReader(stream).receive_response("PUT")
     assert reply.body == BIG
     assert reply.headers.get("content-type") == "x/y"
     assert reply.headers.get("transfer-encoding") == "chunked"

@@ -730,7 +730,7 @@ async def test_client_gone_mid_stream_stops_and_closes_the_app() -> None:
 
     handler = WSGIHandler(app)
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server, buffer_size=16384) as stream:
+    async with open_connection(server, buffer_size=16384) as stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         received = await stream.receive_some(65536)
         assert received.startswith(b"HTTP/1.1 200 ")
@@ -759,7 +759,7 @@ async def test_client_gone_while_the_app_computes_its_head() -> None:
 
     handler = WSGIHandler(app)
     server = trioserve.Server(handler)
-    async with open_connection(handler, server=server) as stream:
+    async with open_connection(server) as stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await wait_for(lambda: handler.statistics().threads_busy == 1)
         await stream.aclose()
@@ -814,7 +814,7 @@ async def test_a_write_timeout_stops_the_app() -> None:
     config = trioserve.Config(write_timeout=0.2)
     handler = WSGIHandler(app)
     server = trioserve.Server(handler, config)
-    async with open_connection(handler, server=server, buffer_size=16384) as stream:
+    async with open_connection(server, buffer_size=16384) as stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         # The client reads nothing: the server's write times out.
         await wait_event(closed)
