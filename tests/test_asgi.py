@@ -1,14 +1,15 @@
 """trioserve.asgi with plain ASGI applications: the http and lifespan scopes, and every
 way an exchange can go wrong.
 
-Most tests use real sockets (127.0.0.1, port 0) with httpx; those about timing
-(the abandon grace) or raw bytes (aborted responses) use in-memory connections in
-virtual time.
+The tests serve the application in memory (``trioserve.testing``), in virtual time
+where timing matters. Two smoke tests run it over real sockets (127.0.0.1, port 0):
+one with httpx through ``serve(lifespan=...)``, one whose client hangs up mid-stream;
+and two test ``serve()``'s own contract with a lifespan (its errors come out
+unwrapped), which binds a port but sends nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -16,7 +17,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -35,7 +35,14 @@ from trioserve.asgi import (
     Send,
 )
 from trioserve.asgi._lifespan import SHUTDOWN_TIMEOUT
-from trioserve.testing import open_connection, parse_responses, receive_all, stream_pair
+from trioserve.testing import (
+    Client,
+    open_client,
+    open_connection,
+    parse_responses,
+    receive_all,
+    stream_pair,
+)
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -56,6 +63,16 @@ async def hosted(app: object, **kwargs: object) -> AsyncIterator[ASGIHandler]:
         yield handler
 
 
+@asynccontextmanager
+async def served(
+    app: object, *, config: trioserve.Config | None = None, **kwargs: object
+) -> AsyncIterator[Client]:
+    """Serve ``app`` in memory with its lifespan, as ``serve(lifespan=...)`` would:
+    on exit the connections end first, then the lifespan (its shutdown included)."""
+    async with hosted(app, **kwargs) as handler, open_client(handler, config) as client:
+        yield client
+
+
 # --- The http scope --------------------------------------------------------------
 
 
@@ -67,8 +84,8 @@ async def test_scope_keys() -> None:
             scopes.append(scope)
             await respond(send)
 
-    async with serve_asgi(app, root_path="/api") as client:
-        await client.get("/a%20b/%C3%A9?x=1&y=%20", headers={"X-Custom": "Value"})
+    async with served(app, root_path="/api") as client:
+        await client.get("/a%20b/%C3%A9?x=1&y=%20", headers=[("X-Custom", "Value")])
         await client.get("/again")
     scope = scopes[0]
     assert scope["type"] == "http"
@@ -84,17 +101,16 @@ async def test_scope_keys() -> None:
     assert isinstance(headers, list)
     assert (b"x-custom", b"Value") in headers
     assert all(name == name.lower() for name, _ in headers)
-    client_addr, server_addr = scope["client"], scope["server"]
-    assert isinstance(client_addr, tuple)
-    assert isinstance(server_addr, tuple)
-    assert client_addr[0] == server_addr[0] == "127.0.0.1"
+    # In memory there are no addresses (ASGI: None); over a socket, see the smoke test.
+    assert scope["client"] is None
+    assert scope["server"] is None
     assert scope["state"] == {}
     assert scope["extensions"] == {"http.response.pathsend": {}}
     # Each request has its own scope and its own copy of the state.
     assert scopes[1]["state"] is not scope["state"]
 
 
-async def test_request_body_messages() -> None:
+async def test_request_body_messages(autojump_clock: trio.testing.MockClock) -> None:
     received: list[list[Message]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,15 +122,22 @@ async def test_request_body_messages() -> None:
         received.append(messages)
         await respond(send, b"".join(m["body"] for m in messages))  # type: ignore[misc]
 
-    async def chunked() -> AsyncIterator[bytes]:
-        for piece in (b"one,", b"two,", b"three"):
-            yield piece
-            await trio.sleep(0.01)
-
-    async with serve_asgi(app) as client:
-        assert (await client.get("/")).text == ""
-        assert (await client.post("/", content=b"x" * 10)).text == "x" * 10
-        assert (await client.post("/", content=chunked())).text == "one,two,three"
+    async with hosted(app) as handler:
+        async with open_client(handler) as client:
+            assert (await client.get("/")).text == ""
+            assert (await client.post("/", body=b"x" * 10)).text == "x" * 10
+        async with open_connection(handler) as stream:
+            # A chunked upload whose pieces come a moment apart.
+            await stream.send_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            for piece in (b"one,", b"two,", b"three"):
+                await stream.send_all(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await trio.sleep(0.01)
+            await stream.send_all(b"0\r\n\r\n")
+            [response] = parse_responses(await receive_all(stream), method="POST")
+        assert response.text == "one,two,three"
     no_body, with_length, with_chunks = received
     assert no_body == [{"type": "http.request", "body": b"", "more_body": False}]
     # A Content-Length body ends with its last piece: no empty message after it.
@@ -122,6 +145,7 @@ async def test_request_body_messages() -> None:
     assert all(m["type"] == "http.request" for m in with_chunks)
     assert [m["more_body"] for m in with_chunks][-1] is False
     assert all(m["more_body"] for m in with_chunks[:-1])
+    assert len(with_chunks) > 1  # each piece came as it arrived
 
 
 async def test_streamed_response_and_declared_length() -> None:
@@ -134,12 +158,12 @@ async def test_streamed_response_and_declared_length() -> None:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async with serve_asgi(app) as client:
+    async with served(app) as client:
         response = await client.get("/chunked")
-        assert (response.status_code, response.text) == (201, "abcdef")
+        assert (response.status, response.text) == (201, "abcdef")
         assert response.headers["transfer-encoding"] == "chunked"
         response = await client.get("/length")
-        assert (response.status_code, response.text) == (201, "abcdef")
+        assert (response.status, response.text) == (201, "abcdef")
         assert response.headers["content-length"] == "6"
 
 
@@ -153,9 +177,9 @@ async def test_pathsend(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.pathsend", "path": str(path)})
 
-    async with serve_asgi(app) as client:
+    async with served(app) as client:
         response = await client.get("/")
-    assert response.content == path.read_bytes()
+    assert response.body == path.read_bytes()
 
 
 async def test_pathsend_aborted_while_the_file_opens_closes_it(
@@ -236,7 +260,7 @@ async def test_state_from_lifespan_is_copied_per_request() -> None:
         state["pool"].append("touched")  # ...but shares the objects in it
         await respond(send)
 
-    async with serve_asgi(app, lifespan="on") as client:
+    async with served(app, lifespan="on") as client:
         await client.get("/")
         await client.get("/")
     assert seen == [0, 0]
@@ -254,7 +278,7 @@ async def test_receive_after_the_response_returns_disconnect() -> None:
         after.append(await receive())  # waits until the response has been sent
         done.set()
 
-    async with serve_asgi(app) as client:
+    async with served(app) as client:
         assert (await client.get("/")).text == "ok"
         with trio.fail_after(5):
             await done.wait()
@@ -270,9 +294,9 @@ async def test_http_error_from_the_body_keeps_its_status() -> None:
         await respond(send)  # too late: the 413 is the answer
 
     config = trioserve.Config(max_body_size=100)
-    async with serve_asgi(app, config=config) as client:
-        response = await client.post("/", content=b"x" * 1000)
-    assert response.status_code == 413
+    async with served(app, config=config) as client:
+        response = await client.post("/", body=b"x" * 1000)
+    assert response.status == 413
 
 
 # --- Applications that fail ------------------------------------------------------
@@ -317,10 +341,10 @@ async def test_failure_before_the_first_body_is_a_500(
         if case == "raise-after-start":
             raise ValueError("boom")
 
-    async with serve_asgi(app) as client:
+    async with served(app) as client:
         response = await client.get("/")
-        assert response.status_code == 500
-        assert b"boom" not in response.content  # error pages carry no exception text
+        assert response.status == 500
+        assert b"boom" not in response.body  # error pages carry no exception text
     [record] = errors_above_debug(caplog)
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
@@ -363,22 +387,19 @@ async def test_failure_after_a_complete_response_is_logged(
         await respond(send)
         raise ValueError("after the fact")
 
-    async with serve_asgi(app) as client:
+    async with served(app) as client:
         assert (await client.get("/")).text == "ok"
     [record] = errors_above_debug(caplog)
     assert "after its response" in record.getMessage()
 
 
 async def test_not_hosted_fails_clearly(caplog: pytest.LogCaptureFixture) -> None:
+    # The mistake a test makes when it forgets `async with handler.lifespan()` (and a
+    # program when it forgets serve(lifespan=handler.lifespan)).
     handler = ASGIHandler(lambda scope, receive, send: respond(send))
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            functools.partial(trioserve.serve, handler, 0, host="127.0.0.1")
-        )
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://127.0.0.1:{server.ports[0]}/")
-        await server.shutdown()
-    assert response.status_code == 500
+    async with open_client(handler) as client:
+        response = await client.get("/")
+    assert response.status == 500
     [record] = errors_above_debug(caplog)
     assert "lifespan=handler.lifespan" in str(record.exc_info[1])  # type: ignore[index]
 
@@ -407,6 +428,7 @@ async def test_client_gone_during_a_streamed_response(
         finally:
             stopped.set()
 
+    # A socket smoke test: the kernel's own close (and reset) reaches the application.
     async with serve_asgi(app, lifespan="off") as client:
         # A raw socket: read the head and a little body, then hang up mid-response.
         with trio.socket.socket() as sock:
@@ -508,7 +530,7 @@ def lifespan_app(events: list[str], *, fail: str | None = None) -> object:
 
 async def test_lifespan_runs_around_serving() -> None:
     events: list[str] = []
-    async with serve_asgi(lifespan_app(events), lifespan="on") as client:  # type: ignore[arg-type]
+    async with served(lifespan_app(events), lifespan="on") as client:
         assert events == ["startup"]
         await client.get("/")
     assert events == ["startup", "request", "shutdown"]
@@ -527,7 +549,7 @@ async def test_lifespan_startup_failed_stops_serve() -> None:
 
 async def test_lifespan_shutdown_failed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     events: list[str] = []
-    async with serve_asgi(lifespan_app(events, fail="shutdown")):  # type: ignore[arg-type]
+    async with hosted(lifespan_app(events, fail="shutdown")):
         pass
     [record] = errors_above_debug(caplog)
     assert "pool stuck" in record.getMessage()
@@ -552,7 +574,7 @@ async def test_lifespan_shutdown_that_never_answers_is_bounded(
 
 async def test_lifespan_off_never_calls_the_app_with_it() -> None:
     events: list[str] = []
-    async with serve_asgi(lifespan_app(events), lifespan="off") as client:  # type: ignore[arg-type]
+    async with served(lifespan_app(events), lifespan="off") as client:
         await client.get("/")
     assert events == ["request"]
 
@@ -564,7 +586,7 @@ async def http_only(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def test_lifespan_unsupported_in_auto(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trioserve")
-    async with serve_asgi(http_only) as client:
+    async with served(http_only) as client:
         assert (await client.get("/")).text == "ok"
     assert errors_above_debug(caplog)[0].levelno == logging.INFO
     assert "not supported" in errors_above_debug(caplog)[0].getMessage()
@@ -573,7 +595,8 @@ async def test_lifespan_unsupported_in_auto(caplog: pytest.LogCaptureFixture) ->
 async def test_lifespan_unsupported_is_an_error_when_on() -> None:
     handler = ASGIHandler(http_only, lifespan="on")
     with pytest.raises(LifespanFailure, match="AssertionError"):
-        await trioserve.serve(handler, 0, host="127.0.0.1", lifespan=handler.lifespan)
+        async with handler.lifespan():
+            pass  # pragma: no cover
 
 
 async def test_errors_while_serving_pass_through_the_lifespan_unwrapped() -> None:
@@ -589,3 +612,49 @@ async def test_errors_while_serving_pass_through_the_lifespan_unwrapped() -> Non
 def test_lifespan_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
         ASGIHandler(http_only, lifespan="yes")  # type: ignore[arg-type]
+
+
+# --- Over a real socket ------------------------------------------------------------------
+
+
+async def test_smoke_over_a_socket_with_httpx() -> None:
+    """serve(lifespan=handler.lifespan) on 127.0.0.1 with a real HTTP client: the
+    lifespan around serving, the socket's addresses in the scope, a request body in
+    and a streamed response out."""
+    events: list[str] = []
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            assert (await receive())["type"] == "lifespan.startup"
+            events.append("startup")
+            await send({"type": "lifespan.startup.complete"})
+            assert (await receive())["type"] == "lifespan.shutdown"
+            events.append("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        scopes.append(scope)
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message["body"]  # type: ignore[operator]  # bytes, per the spec
+            more = bool(message.get("more_body"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (body[:5], body[5:]):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve_asgi(app, lifespan="on") as client:
+        assert events == ["startup"]
+        response = await client.post("/echo", content=b"hello over a socket")
+    assert events == ["startup", "shutdown"]
+    assert response.status_code == 200
+    assert response.text == "hello over a socket"
+    assert response.headers["transfer-encoding"] == "chunked"
+    [scope] = scopes
+    client_addr, server_addr = scope["client"], scope["server"]
+    assert isinstance(client_addr, tuple)
+    assert isinstance(server_addr, tuple)
+    assert client_addr[0] == server_addr[0] == "127.0.0.1"
+    assert server_addr[1] == client.base_url.port
