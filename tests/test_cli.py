@@ -2,8 +2,9 @@
 
 The parsing, loading and detection tests run in this process. The rest start
 ``python -m trioserve`` (or the ``trioserve`` script) on 127.0.0.1 with ``--port 0``,
-read the port from the ``Serving on`` line, and bound every wait by ``BOUND``; each
-process is killed on the way out whatever happened.
+read the port from the ``Serving on`` line, and wait for lines the process prints,
+never for a while (``tests/processes.py``: every wait bounded by ``BOUND``, each
+process killed on the way out whatever happened).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 import re
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import typing
@@ -44,11 +44,9 @@ from trioserve._cli import (
 from trioserve.asgi import ASGIHandler
 from trioserve.wsgi import WSGIHandler
 
+from .processes import BOUND, ChildProcess, running
+
 ROOT = Path(__file__).resolve().parent.parent
-# Every wait on a process is bounded by this, so a hang fails the test instead of
-# stalling the suite; passing tests finish far sooner.
-BOUND = 20
-GET = b"GET %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
 
 
 # --- Flags and Config -------------------------------------------------------------------
@@ -116,7 +114,7 @@ def test_each_config_flag_reaches_config(field: dataclasses.Field[object]) -> No
     assert options.config == trioserve.Config().replace(**{field.name: value})  # type: ignore[arg-type]  # a number or str
 
 
-def test_defaults() -> None:
+def test_command_line_defaults() -> None:
     options = parse_args(["m:app"])
     assert options.config == trioserve.Config()
     assert (options.host, options.port, options.interface) == ("127.0.0.1", 8000, "auto")
@@ -664,76 +662,15 @@ def test_open_file_limit_plan(
 # --- Real processes ---------------------------------------------------------------------
 
 
-class CLIProcess:
-    """A running ``trioserve`` process and everything it wrote to stderr so far."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.stderr = b""
-        self.port = 0
-        self._more = trio.Event()
-        self._eof = trio.Event()
-
-    async def collect(self) -> None:
-        assert self.process.stderr is not None
-        try:
-            while data := await self.process.stderr.receive_some():
-                self.stderr += data
-                self._more.set()
-                self._more = trio.Event()
-        finally:
-            self._eof.set()
-            self._more.set()
-
-    async def wait_for(self, pattern: bytes) -> re.Match[bytes]:
-        with trio.fail_after(BOUND):
-            while (match := re.search(pattern, self.stderr)) is None:
-                assert not self._eof.is_set(), f"exited early: {self.stderr.decode()}"
-                await self._more.wait()
-        return match
-
-    async def wait(self) -> int:
-        """The exit status, once stderr is read to its end."""
-        with trio.fail_after(BOUND):
-            status = await self.process.wait()
-            await self._eof.wait()
-        return status
-
-    async def get(self, target: bytes) -> bytes:
-        """A whole response to ``GET target`` on a new connection."""
-        with trio.fail_after(BOUND):
-            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-            async with stream:
-                await stream.send_all(GET % target)
-                answer = b""
-                while chunk := await stream.receive_some():
-                    answer += chunk
-        return answer
-
-
 def command(*args: str, prefix: tuple[str, ...] = ()) -> list[str]:
     return [*prefix, sys.executable, "-m", "trioserve", *args]
 
 
 @asynccontextmanager
-async def serving(*args: str, prefix: tuple[str, ...] = ()) -> AsyncIterator[CLIProcess]:
+async def serving(*args: str, prefix: tuple[str, ...] = ()) -> AsyncIterator[ChildProcess]:
     """Start the command line in the repository root; yield once it serves."""
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            command(*args, "--port", "0", prefix=prefix), stderr=subprocess.PIPE, cwd=ROOT
-        )
-        cli = CLIProcess(process)
-        nursery.start_soon(cli.collect)
-        try:
-            match = await cli.wait_for(rb"Serving on http://127\.0\.0\.1:(\d+) \(press CTRL\+C")
-            cli.port = int(match.group(1))
-            yield cli
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.move_on_after(BOUND):
-                await process.wait()
-            nursery.cancel_scope.cancel()
+    async with running(command(*args, "--port", "0", prefix=prefix), cwd=ROOT) as cli:
+        yield cli
 
 
 async def run_to_exit(*args: str, cwd: Path = ROOT) -> tuple[int, str]:
@@ -788,39 +725,21 @@ async def test_flask_example_with_root_path_and_no_access_log() -> None:
 
 async def test_fastapi_example_with_the_console_script() -> None:
     script = Path(sys.executable).with_name("trioserve")
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            [str(script), "examples.fastapi_app:app", "--port", "0", "--lifespan", "on"],
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        cli = CLIProcess(process)
-        nursery.start_soon(cli.collect)
-        try:
-            cli.port = int((await cli.wait_for(rb"Serving on http://127\.0\.0\.1:(\d+)")).group(1))
-            answer = await cli.get(b"/items/3?q=x")
-            assert answer.startswith(b"HTTP/1.1 200 ")
-            assert answer.endswith(b'{"item_id":3,"q":"x"}')
-            process.send_signal(signal.SIGTERM)
-            assert await cli.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.move_on_after(BOUND):
-                await process.wait()
-            nursery.cancel_scope.cancel()
+    console = [str(script), "examples.fastapi_app:app", "--port", "0", "--lifespan", "on"]
+    async with running(console, cwd=ROOT) as cli:
+        answer = await cli.get(b"/items/3?q=x")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b'{"item_id":3,"q":"x"}')
+        cli.process.send_signal(signal.SIGTERM)
+        assert await cli.wait() == 0
 
 
 SLOW_APP = """
-import trio, trioserve
-
-async def handler(request):
-    if request.path == "/forever":
-        await trio.sleep_forever()
-    return trioserve.Response(200, body=b"quick")
+import sys, trio
 
 async def slow_startup(scope, receive, send):
     await receive()
+    print("slow_startup: in lifespan startup", file=sys.stderr, flush=True)
     await trio.sleep_forever()
 
 async def failing_startup(scope, receive, send):
@@ -829,44 +748,13 @@ async def failing_startup(scope, receive, send):
 """
 
 
-async def test_second_sigint_forces_the_exit(tmp_path: Path) -> None:
-    write(tmp_path, "slow_app.py", SLOW_APP)
-    async with serving("slow_app:handler", "--app-dir", str(tmp_path)) as cli:
-        with trio.fail_after(BOUND):
-            stream = await trio.open_tcp_stream("127.0.0.1", cli.port)
-        async with stream:
-            await stream.send_all(GET % b"/forever")
-            await cli.wait_for(rb"Interface: native handler")
-            await trio.sleep(0.3)  # the request is in the handler now
-            cli.process.send_signal(signal.SIGINT)
-            await cli.wait_for(rb"SIGINT received: shutting down gracefully")
-            await trio.sleep(0.3)
-            assert cli.process.returncode is None  # draining: waits for /forever
-            cli.process.send_signal(signal.SIGINT)
-            with trio.fail_after(5):
-                assert await cli.wait() == 1  # forced
-    assert b"SIGINT received again: forcing shutdown" in cli.stderr
-
-
 async def test_ctrl_c_during_startup_exits_130(tmp_path: Path) -> None:
     write(tmp_path, "slow_app.py", SLOW_APP)
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            command("slow_app:slow_startup", "--app-dir", str(tmp_path), "--port", "0"),
-            stderr=subprocess.PIPE,
-        )
-        cli = CLIProcess(process)
-        nursery.start_soon(cli.collect)
-        try:
-            await cli.wait_for(rb"Interface: ASGI 3")
-            await trio.sleep(0.3)  # in lifespan startup, which never completes
-            process.send_signal(signal.SIGINT)
-            assert await cli.wait() == 130
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.move_on_after(BOUND):
-                await process.wait()
+    startup = command("slow_app:slow_startup", "--app-dir", str(tmp_path), "--port", "0")
+    # Ready when the application says it is in its lifespan startup (which never ends).
+    async with running(startup, ready=rb"slow_startup: in lifespan startup") as cli:
+        cli.process.send_signal(signal.SIGINT)
+        assert await cli.wait() == 130
     assert cli.stderr.decode().splitlines()[-1] == "trioserve: interrupted before serving"
 
 

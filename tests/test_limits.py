@@ -2,7 +2,8 @@
 its status and ``Connection: close``, is counted, and leaves the server serving others.
 
 Also: ``max_connections`` (eviction of the longest-idle connection, then backpressure),
-``max_requests_per_connection``, and Config validation.
+``max_requests_per_connection``, and the validation of each limit's value (Config's
+defaults and ``replace`` are tested with the other value objects, in test_values).
 """
 
 from __future__ import annotations
@@ -344,23 +345,6 @@ async def test_max_connections_all_busy_is_backpressure(
 # --- Config validation ----------------------------------------------------------------------
 
 
-def test_defaults() -> None:
-    config = trioserve.Config()
-    assert config.keep_alive_timeout == 5.0
-    assert config.header_timeout == 10.0
-    assert config.body_timeout == 30.0
-    assert config.body_min_rate == 1024.0
-    assert config.body_rate_grace == 10.0
-    assert config.write_timeout == 30.0
-    assert config.max_header_size == 16 * 1024
-    assert config.max_target_length == 8 * 1024
-    assert config.max_header_count == 100
-    assert config.max_body_size == 100 * 1024 * 1024
-    assert config.max_connections == 10_000
-    assert config.max_requests_per_connection == math.inf
-    assert isinstance(config.backlog, int)
-
-
 TIMES = [
     "keep_alive_timeout",
     "header_timeout",
@@ -414,12 +398,3 @@ def test_backlog_and_rate_bounds() -> None:
     with pytest.raises(ValueError, match="body_min_rate"):
         trioserve.Config(body_min_rate=math.inf)
     assert trioserve.Config(body_min_rate=0).body_min_rate == 0  # no minimum rate
-
-
-def test_config_is_frozen_and_replace_validates() -> None:
-    config = trioserve.Config()
-    with pytest.raises(AttributeError):
-        config.header_timeout = 1.0  # type: ignore[misc]
-    assert config.replace(header_timeout=1.0).header_timeout == 1.0
-    with pytest.raises(ValueError, match="header_timeout"):
-        config.replace(header_timeout=-1.0)

@@ -4,6 +4,7 @@ first signal after a programmatic shutdown."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -124,7 +125,25 @@ async def test_a_list_of_hosts_in_one_field_gets_400() -> None:
     assert response.status == 400
 
 
-async def test_the_first_signal_is_graceful_even_after_a_programmatic_shutdown() -> None:
+class _LogLine(logging.Handler):
+    """Sets ``seen`` when a record whose message contains ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_the_first_signal_is_graceful_even_after_a_programmatic_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioserve")
+    graceful = _LogLine("SIGTERM received: shutting down gracefully")
+    logging.getLogger("trioserve.error").addHandler(graceful)
     release = trio.Event()
     in_handler = trio.Event()
 
@@ -142,20 +161,23 @@ async def test_the_first_signal_is_graceful_even_after_a_programmatic_shutdown()
         shutdown_trigger=trigger,
         handle_signals=True,
     )
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            server: trioserve.Server = await nursery.start(serve)
-            stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
-            await stream.send_all(GET)
-            await in_handler.wait()
-            trigger.set()  # shutdown begins without a signal
-            await trio.testing.wait_all_tasks_blocked()
-            assert server.shutting_down
-            os.kill(os.getpid(), signal.SIGTERM)  # the first signal: still graceful
-            await trio.sleep(0.2)
-            release.set()
-            answer = await receive_all(stream)
-            await stream.aclose()
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                server: trioserve.Server = await nursery.start(serve)
+                stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+                await stream.send_all(GET)
+                await in_handler.wait()
+                trigger.set()  # shutdown begins without a signal
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.shutting_down
+                os.kill(os.getpid(), signal.SIGTERM)  # the first signal: still graceful
+                await graceful.seen.wait()  # the server has taken the signal
+                release.set()
+                answer = await receive_all(stream)
+                await stream.aclose()
+    finally:
+        logging.getLogger("trioserve.error").removeHandler(graceful)
     assert not server.forced
     assert answer.startswith(b"HTTP/1.1 200 OK")
 

@@ -1,10 +1,14 @@
-"""Signals over real processes on 127.0.0.1: SIGTERM drains, a second signal forces."""
+"""Signals over real processes on 127.0.0.1: SIGTERM drains, a second signal forces.
+
+The program (``programs/lifecycle_app.py``, under ``trioserve.run``) prints
+``handling PATH`` when a request reaches its handler, and the server logs each step
+of its shutdown to stderr: the tests wait for those lines (``tests/processes.py``),
+never for a while.
+"""
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,49 +16,18 @@ from pathlib import Path
 
 import trio
 
+from .processes import BOUND, ChildProcess, running
+
 PROGRAM = Path(__file__).parent / "programs" / "lifecycle_app.py"
 GET = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
-# Every wait below is bounded by this, so a broken shutdown fails the test instead of
-# hanging it; passing tests finish far sooner.
-BOUND = 20
-
-
-class Program:
-    def __init__(self, process: trio.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-
-    async def connect(self) -> trio.SocketStream:
-        return await trio.open_tcp_stream("127.0.0.1", self.port)
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    async def wait(self) -> int:
-        with trio.fail_after(BOUND):
-            return await self.process.wait()
 
 
 @asynccontextmanager
-async def program(*config: str) -> AsyncIterator[Program]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, str(PROGRAM), "0", *config], stderr=subprocess.PIPE
-    )
-    try:
-        assert process.stderr is not None
-        output = b""
-        with trio.fail_after(BOUND):
-            while (match := re.search(rb"Serving on http://127\.0\.0\.1:(\d+)", output)) is None:
-                data = await process.stderr.receive_some()
-                assert data, f"the program exited before serving: {output!r}"
-                output += data
-        yield Program(process, int(match.group(1)))
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        if process.stderr is not None:
-            await process.stderr.aclose()
+async def program(*config: str) -> AsyncIterator[ChildProcess]:
+    """Run the program on a free port with ``NAME=VALUE`` config fields; yield once
+    it serves."""
+    async with running([sys.executable, str(PROGRAM), "0", *config]) as child:
+        yield child
 
 
 async def read_until_closed(stream: trio.SocketStream) -> bytes:
@@ -69,14 +42,15 @@ async def test_sigterm_lets_a_slow_request_finish_then_exits_0() -> None:
     async with program() as server:
         stream = await server.connect()
         await stream.send_all(GET % b"/slow")
-        await trio.sleep(0.3)  # the request is in the handler now
-        server.signal(signal.SIGTERM)
+        await server.wait_for(rb"handling /slow")  # the request is in the handler now
+        server.process.send_signal(signal.SIGTERM)
         answer = await read_until_closed(stream)
         assert answer.startswith(b"HTTP/1.1 200 OK")
         assert b"connection: close" in answer.lower()
         assert answer.endswith(b"slow done")
         assert await server.wait() == 0
         await stream.aclose()
+    assert b"shutting down: 1 connection in flight, 0 idle" in server.stderr
 
 
 async def test_sigterm_with_100_idle_keep_alive_connections_exits_at_once() -> None:
@@ -89,7 +63,7 @@ async def test_sigterm_with_100_idle_keep_alive_connections_exits_at_once() -> N
             await stream.send_all(GET % b"/")
             assert (await stream.receive_some()).startswith(b"HTTP/1.1 200 OK")
             streams.append(stream)
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(5):
             assert await server.process.wait() == 0
         for stream in streams:
@@ -101,15 +75,18 @@ async def test_second_sigint_forces_the_exit() -> None:
     async with program("shutdown_timeout=60") as server:
         stream = await server.connect()
         await stream.send_all(GET % b"/forever")
-        await trio.sleep(0.3)
-        server.signal(signal.SIGINT)
-        await trio.sleep(0.3)
+        await server.wait_for(rb"handling /forever")
+        server.process.send_signal(signal.SIGINT)
+        await server.wait_for(rb"SIGINT received: shutting down gracefully")
+        await server.wait_for(rb"shutting down: 1 connection in flight, 0 idle")
         assert server.process.returncode is None  # draining: waits for /forever
-        server.signal(signal.SIGINT)
+        server.process.send_signal(signal.SIGINT)
         with trio.fail_after(5):
-            assert await server.process.wait() == 1  # forced
+            assert await server.wait() == 1  # forced
         assert await read_until_closed(stream) == b""
         await stream.aclose()
+    assert b"SIGINT received again: forcing shutdown" in server.stderr
+    assert b"forced shutdown: 1 connection cut off" in server.stderr
 
 
 async def test_sigterm_with_a_client_that_never_reads_exits_within_shutdown_timeout() -> None:
@@ -117,8 +94,11 @@ async def test_sigterm_with_a_client_that_never_reads_exits_within_shutdown_time
     async with program("shutdown_timeout=1", "write_timeout=60") as server:
         stream = await server.connect()
         await stream.send_all(GET % b"/big")
-        await trio.sleep(0.5)  # the kernel buffers fill; the server's send blocks
-        server.signal(signal.SIGTERM)
+        # In flight; it never reads, so the server's writes block once the kernel
+        # buffers are full (64 MiB is far more than they hold).
+        await server.wait_for(rb"handling /big")
+        server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
-            assert await server.process.wait() == 0
+            assert await server.wait() == 0
         await stream.aclose()
+    assert b"shutdown complete: 1 connection cut off at the 1 s timeout" in server.stderr

@@ -168,13 +168,30 @@ def test_response_header_type_is_checked() -> None:
 
 def test_config_defaults_are_finite_where_they_defend() -> None:
     config = Config()
+    assert dataclasses.asdict(config) == {
+        "keep_alive_timeout": 5.0,
+        "header_timeout": 10.0,
+        "body_timeout": 30.0,
+        "body_min_rate": 1024.0,
+        "body_rate_grace": 10.0,
+        "write_timeout": 30.0,
+        "shutdown_timeout": 30.0,
+        "max_header_size": 16 * 1024,
+        "max_target_length": 8 * 1024,
+        "max_header_count": 100,
+        "max_body_size": 100 * 1024 * 1024,
+        "max_drain_size": 64 * 1024,
+        "max_connections": 10_000,
+        "max_requests_per_connection": math.inf,
+        "backlog": 2048,
+        "server_header": "trioserve",
+    }
+    # Every limit but the requests per connection defends by default: none is inf.
     for field in dataclasses.fields(Config):
         value = getattr(config, field.name)
-        if field.name == "max_requests_per_connection":
-            assert value == math.inf
-        elif field.name != "server_header":
+        if field.name not in ("max_requests_per_connection", "server_header"):
             assert math.isfinite(value), field.name
-    assert config.server_header == "trioserve"
+    assert isinstance(config.backlog, int)
 
 
 def test_config_is_frozen_and_replace_validates() -> None:

@@ -1,7 +1,9 @@
 """A server program for the signal tests: ``python lifecycle_app.py PORT [CONFIG=VALUE ...]``.
 
 Serves ``/`` (hello), ``/slow`` (answers after 2 s), ``/forever`` (never answers) and
-``/big`` (streams 64 MiB), with signals handled by ``trioserve.run``.
+``/big`` (streams 64 MiB), with signals handled by ``trioserve.run``. Each handler
+prints ``handling PATH`` to stderr as it starts, so a test knows the request is in
+flight before it sends a signal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import trioserve
 
 
 async def handler(request: trioserve.Request) -> trioserve.Response:
+    print(f"handling {request.path}", file=sys.stderr, flush=True)
     if request.path == "/slow":
         await trio.sleep(2)
         return trioserve.Response(200, body=b"slow done")
