@@ -469,6 +469,14 @@ async def body_never_ends(request: trioserve.Request) -> trioserve.Response:
     return trioserve.Response(200, body=body())
 
 
+async def body_never_ends_nor_sleeps(request: trioserve.Request) -> trioserve.Response:
+    async def body() -> AsyncIterator[bytes]:
+        while True:  # virtual time never moves: cut off by size
+            yield b"x" * 65536
+
+    return trioserve.Response(200, body=body())
+
+
 async def swallows_the_disconnect_and_hangs(request: trioserve.Request) -> trioserve.Response:
     try:
         body = await request.body()
@@ -512,6 +520,7 @@ async def fails(request: trioserve.Request) -> trioserve.Response:
     [
         (fails, "a plain GET: the handler raised an exception"),
         (body_never_ends, "a plain GET: no complete response to GET /, 60 s on"),
+        (body_never_ends_nor_sleeps, "a plain GET: the answer ran past 67108864 bytes"),
         (swallows_the_body_timeout, "a stalled request body: the handler answered 200 after"),
         (slow_to_close_when_cut_off, r"stops reading .*\(closing the streamed body took 20 s\)"),
         (fails_when_cut_off, "stops reading .*: the handler raised an exception"),
@@ -535,3 +544,11 @@ async def test_check_handler_catches_broken_handlers(
 async def test_check_handler_needs_virtual_time() -> None:
     with pytest.raises(RuntimeError, match=r"MockClock\(autojump_threshold=0\)"):
         await check_handler(hello)
+
+
+@pytest.mark.parametrize("seconds", [0, -1, math.inf, math.nan])
+async def test_check_handler_needs_a_finite_handler_time(
+    autojump_clock: trio.testing.MockClock, seconds: float
+) -> None:
+    with pytest.raises(ValueError, match="max_handler_time"):
+        await check_handler(hello, max_handler_time=seconds)

@@ -5,7 +5,9 @@ Rules for this module:
    what the server should have done, what it did, and what in a handler causes that.
 2. Each fault gets a fresh ``Server`` and connection, and a deadline in virtual time:
    a wait that passes it is a failure, never a hang. Runaway responses are cut off by
-   size, since a body that never sleeps never lets virtual time pass.
+   size, since a body that never sleeps never lets virtual time pass. Failures are
+   raised once the connection's nursery has closed, never inside it (where they would
+   come out wrapped in an exception group).
 3. Virtual time only: the timings asserted are exact under
    ``trio.testing.MockClock(autojump_threshold=0)``, which ``check_handler`` requires.
 4. The handler is called through ``_probe.Probe``, which only watches: it records
@@ -121,6 +123,7 @@ async def check_handler(
         AssertionError: a fault got an answer other than the one above; the message
             says which fault, what came, and what in the handler may cause it.
         RuntimeError: not running under ``MockClock(autojump_threshold=0)``.
+        ValueError: ``max_handler_time`` is not a finite number of seconds above 0.
 
     Resource handling: every connection is closed and its task ended before this
     returns or raises (a handler still running when its wait runs out is cancelled).
@@ -132,6 +135,8 @@ async def check_handler(
             "trio.testing.MockClock(autojump_threshold=0) (pytest-trio: the "
             "autojump_clock fixture)"
         )
+    if not 0 < max_handler_time < math.inf:
+        raise ValueError(f"max_handler_time must be finite and above 0, not {max_handler_time}")
     check = _Check(handler, config or Config(), path, headers, max_handler_time)
     for fault in _FAULTS:
         await fault(check)
@@ -154,12 +159,13 @@ class _Connection:
 class _Answer:
     """Everything the server sent, when the first byte came, and the counters then."""
 
-    __slots__ = ("closed_at", "data", "first_at", "stats_at_first")
+    __slots__ = ("closed_at", "data", "first_at", "runaway", "stats_at_first")
 
     def __init__(self) -> None:
         self.data = b""
         self.first_at = math.inf
         self.closed_at = math.inf
+        self.runaway = False  # cut off by size: a body that never ends
         self.stats_at_first: ServerStatistics | None = None
 
 
@@ -257,17 +263,22 @@ class _Check:
                 answer.stats_at_first = self.server.statistics()
             data += chunk
             if len(data) > _MAX_ANSWER_BYTES or reads > _MAX_ANSWER_READS:
-                raise self.fail(
-                    f"the answer ran past {_MAX_ANSWER_BYTES} bytes or "
-                    f"{_MAX_ANSWER_READS} reads: a streamed body that never ends? (check "
-                    "a path whose response ends)"
-                )
+                answer.runaway = True  # reported once the connection is closed
+                break
         answer.data = bytes(data)
         answer.closed_at = trio.current_time()
         await stream.aclose()  # the server's lingering close need not wait for us
         return answer
 
     def responses(self, answer: _Answer, method: str = "GET") -> list[TestResponse]:
+        """The responses in ``answer``; a failure if it is not complete, valid HTTP.
+
+        Call it after the connection has closed (rule 2)."""
+        if answer.runaway:
+            raise self.fail(
+                f"the answer ran past {_MAX_ANSWER_BYTES} bytes or {_MAX_ANSWER_READS} "
+                "reads: a streamed body that never ends? (check a path whose response ends)"
+            )
         try:
             return parse_responses(answer.data, method=method)
         except ValueError as exc:
@@ -429,6 +440,8 @@ async def _stalled_body(check: _Check) -> None:
     stats = check.server.statistics()
     if not answer.data:
         raise check.fail("the connection closed without an answer: expected 408")
+    if answer.runaway:
+        check.responses(answer)  # raises: a body that never ends
     try:
         [response] = parse_responses(answer.data, method="POST")
     except ValueError as exc:
@@ -513,9 +526,13 @@ async def _reset_mid_response(check: _Check) -> None:
             await connection.stream.send_all(check.head())
             await connection.stream.receive_some(1)
             await reset(connection.stream)
+            reset_at = trio.current_time()
             check.waiting_for = "the connection still open after a reset"
-            with trio.fail_after(check.max_handler_time):
-                await connection.ended.wait()
+            await connection.ended.wait()
+    if connection.ended_at - reset_at > check.max_handler_time:
+        raise check.fail(
+            f"the connection was still open {check.max_handler_time:g} s after a reset"
+        )
     check.bodies_closed()
     check.no_handler_errors("when its connection was reset")
 
@@ -527,6 +544,7 @@ async def _vanished(check: _Check) -> None:
         cases.append(("in the middle of a POST body", declared + b"x"))
     for when, data in cases:
         check.begin(f"a client that goes away {when}")
+        check.waiting_for = "the request could not be sent"
         with check.within(check.max_handler_time):
             async with check.connect() as connection:
                 await connection.stream.send_all(data)
