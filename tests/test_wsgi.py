@@ -664,12 +664,13 @@ async def test_max_threads_bounds_concurrent_calls() -> None:
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.15)
+        release.wait(PATIENCE)  # held until the test has seen two requests wait
         with lock:
             running -= 1
         start_response("200 OK", [])
         return [b"done"]
 
+    release = threading.Event()
     handler = WSGIHandler(app, max_threads=2)
     waiting: list[int] = []
 
@@ -681,10 +682,12 @@ async def test_max_threads_bounds_concurrent_calls() -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(one_request)
-            await wait_for(lambda: handler.statistics().threads_busy == 2)
-            waiting.append(handler.statistics().requests_waiting)
+            # The four requests reach the handler in any order: wait until all are in.
+            await wait_for(lambda: handler.statistics().requests_waiting == 2 and running == 2)
+            waiting.append(handler.statistics().threads_busy)
+            release.set()
     assert peak == 2
-    assert waiting == [2]
+    assert waiting == [2]  # two threads busy while two requests wait for one
     assert handler.statistics().threads_busy == 0
 
 
