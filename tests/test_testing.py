@@ -551,3 +551,19 @@ async def test_check_handler_needs_a_finite_handler_time(
 ) -> None:
     with pytest.raises(ValueError, match="max_handler_time"):
         await check_handler(hello, max_handler_time=seconds)
+
+
+async def test_open_connection_still_takes_the_older_server_keyword() -> None:
+    server = trioserve.Server(hello)
+    async with open_connection(hello, server=server) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        [response] = parse_responses(await receive_all(stream))
+    assert response.status == 200
+    assert server.statistics().requests_served == 1
+
+    async def other(request: trioserve.Request) -> trioserve.Response:
+        return trioserve.Response(200)
+
+    with pytest.raises(ValueError, match="not the server's handler"):
+        async with open_connection(other, server=server):
+            pass

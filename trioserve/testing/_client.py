@@ -140,6 +140,7 @@ async def open_connection(
     handler_or_server: Handler | Server,
     config: Config | None = None,
     *,
+    server: Server | None = None,
     buffer_size: int = 65536,
     wrap: Callable[[PipeStream], trio.abc.Stream] | None = None,
 ) -> AsyncIterator[PipeStream]:
@@ -153,6 +154,8 @@ async def open_connection(
             :class:`trioserve.Server`, served as it is (its handler and config), to
             read its statistics, shut it down, or serve several connections with it.
         config: the new server's config (only with a handler).
+        server: the older spelling, ``open_connection(handler, server=server)``: still
+            served as ``open_connection(server)``; ``handler`` must be its handler.
         buffer_size: bytes each direction buffers, as a socket would: a client that
             stops reading blocks the server's writes once this much is unread.
         wrap: wraps the server's end before it is served, e.g.
@@ -173,7 +176,12 @@ async def open_connection(
 
     Raises:
         TypeError: ``config`` was given with a ``Server`` (it has its own).
+        ValueError: ``server=`` was given with a handler that is not its handler.
     """
+    if server is not None:
+        if handler_or_server is not server and handler_or_server is not server.handler:
+            raise ValueError("open_connection(handler, server=server): not the server's handler")
+        handler_or_server = server
     server = _server_for(handler_or_server, config)
     client_end, server_end = stream_pair(buffer_size)
     served: trio.abc.Stream = wrap(server_end) if wrap is not None else server_end
