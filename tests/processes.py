@@ -83,12 +83,22 @@ class ChildProcess:
 
 @asynccontextmanager
 async def running(
-    command: Sequence[str], *, cwd: Path | None = None, ready: bytes | None = SERVING
+    command: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    ready: bytes | None = SERVING,
+    stdin: bool = False,
 ) -> AsyncIterator[ChildProcess]:
     """Start ``command`` with its stderr collected; yield once stderr matches
-    ``ready`` (its first group, if any, is the port), or at once for ``None``."""
+    ``ready`` (its first group, if any, is the port), or at once for ``None``.
+    ``stdin``: give it a pipe for stdin (``child.process.stdin``)."""
     async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(list(command), stderr=subprocess.PIPE, cwd=cwd)
+        process = await trio.lowlevel.open_process(
+            list(command),
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if stdin else None,
+            cwd=cwd,
+        )
         child = ChildProcess(process)
         nursery.start_soon(child.collect)
         try:
@@ -102,4 +112,6 @@ async def running(
                 process.kill()
             with trio.move_on_after(BOUND):
                 await process.wait()
+            if process.stdin is not None:
+                await process.stdin.aclose()
             nursery.cancel_scope.cancel()

@@ -42,12 +42,13 @@ async def hosted(app: object) -> AsyncIterator[ASGIHandler]:
         yield handler
 
 
-async def post_with_late_body(handler: Handler) -> bytes:
-    """POST whose body follows its head 3 s later; the one response's body."""
+async def post_with_late_body(handler: Handler, *, early: int = 0) -> bytes:
+    """POST whose body (but its first ``early`` bytes) follows its head 3 s later;
+    the one response's body."""
     async with open_connection(handler) as stream:
-        await stream.send_all(POST_HEAD)
+        await stream.send_all(POST_HEAD + BODY[:early])
         await trio.sleep(3)
-        await stream.send_all(BODY)
+        await stream.send_all(BODY[early:])
         [response] = parse_responses(await receive_all(stream))
     assert response.status == 200
     return response.body
@@ -115,12 +116,7 @@ async def test_a_cancelled_request_body_call_resumes_where_it_stopped(
             await request.body()  # half of the body has come when this gives up
         return trioserve.Response(200, body=await request.body())
 
-    async with open_connection(handler) as stream:
-        await stream.send_all(POST_HEAD + BODY[:5])
-        await trio.sleep(3)
-        await stream.send_all(BODY[5:])
-        [response] = parse_responses(await receive_all(stream))
-    assert response.body == BODY
+    assert await post_with_late_body(handler, early=5) == BODY
 
 
 async def test_a_cancelled_stream_iteration_keeps_the_iterator_usable(
@@ -135,12 +131,7 @@ async def test_a_cancelled_stream_iteration_keeps_the_iterator_usable(
         got += [piece async for piece in pieces]
         return trioserve.Response(200, body=b"".join(got))
 
-    async with open_connection(handler) as stream:
-        await stream.send_all(POST_HEAD + BODY[:5])
-        await trio.sleep(3)
-        await stream.send_all(BODY[5:])
-        [response] = parse_responses(await receive_all(stream))
-    assert response.body == BODY
+    assert await post_with_late_body(handler, early=5) == BODY
 
 
 async def test_a_read_cancelled_in_advance_owes_no_100_continue(

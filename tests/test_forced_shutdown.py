@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -29,11 +27,11 @@ import trioserve
 from trioserve.asgi import DRAIN_TIMEOUT, ASGIHandler, Receive, Scope, Send
 from trioserve.testing import MemoryListener, PipeStream, receive_all
 
+from .processes import BOUND, ChildProcess, running
+
 GET = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
 #: Virtual seconds: a forced shutdown that takes longer waited for something.
 PROMPT = 1.0
-#: Real seconds that any wait on a child process may take.
-BOUND = 20
 
 
 @pytest.fixture
@@ -330,80 +328,33 @@ PROGRAM = '''
 '''
 
 
-class Program:
-    """The program above, running, and everything it wrote to stderr so far."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.stderr = b""
-        self.port = 0
-        self._more = trio.Event()
-        self._eof = False
-
-    async def collect(self) -> None:
-        assert self.process.stderr is not None
-        try:
-            while data := await self.process.stderr.receive_some():
-                self.stderr += data
-                self._more.set()
-                self._more = trio.Event()
-        finally:
-            self._eof = True
-            self._more.set()
-
-    async def wait_for(self, pattern: bytes) -> re.Match[bytes]:
-        with trio.fail_after(BOUND):
-            while (match := re.search(pattern, self.stderr)) is None:
-                assert not self._eof, f"exited early: {self.stderr.decode()}"
-                await self._more.wait()
-        return match
-
-    async def connect(self, target: bytes) -> trio.SocketStream:
-        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-        await stream.send_all(GET % target)
-        return stream
-
-    def interrupt(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-
-
 @asynccontextmanager
-async def program(tmp_path: Path, *args: str) -> AsyncIterator[Program]:
-    """Start the program; yield once it serves."""
+async def program(tmp_path: Path, *args: str) -> AsyncIterator[ChildProcess]:
+    """Start the program above; yield once it serves."""
     path = tmp_path / "forced_app.py"
     path.write_text(textwrap.dedent(PROGRAM))
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, str(path), *args], stdin=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        running = Program(process)
-        nursery.start_soon(running.collect)
-        try:
-            match = await running.wait_for(rb"Serving on http://127\.0\.0\.1:(\d+)")
-            running.port = int(match.group(1))
-            yield running
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.move_on_after(BOUND):
-                await process.wait()
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            nursery.cancel_scope.cancel()
+    async with running([sys.executable, str(path), *args], stdin=True) as child:
+        yield child
+
+
+async def child_request(child: ChildProcess, target: bytes) -> trio.SocketStream:
+    stream = await child.connect()
+    await stream.send_all(GET % target)
+    return stream
 
 
 async def test_run_returns_1_at_once_after_a_forced_shutdown_of_an_asgi_app(
     tmp_path: Path,
 ) -> None:
     async with program(tmp_path) as child:
-        done = await child.connect(b"/")
+        done = await child_request(child, b"/")
         await child.wait_for(rb"background work: running")
         await done.aclose()
-        in_flight = await child.connect(b"/slow")
+        in_flight = await child_request(child, b"/slow")
         await child.wait_for(rb"slow request: in flight")
-        child.interrupt()
+        child.process.send_signal(signal.SIGINT)
         await child.wait_for(rb"SIGINT received: shutting down gracefully")
-        child.interrupt()
+        child.process.send_signal(signal.SIGINT)
         with trio.fail_after(5):  # before: 30 s of drain, then 30 s of lifespan
             assert await child.process.wait() == 1
         await in_flight.aclose()
@@ -416,14 +367,16 @@ async def test_run_returns_1_when_a_third_signal_comes_during_a_forced_shutdown(
     tmp_path: Path,
 ) -> None:
     async with program(tmp_path, "--stubborn") as child:
-        done = await child.connect(b"/")
+        done = await child_request(child, b"/")
         await child.wait_for(rb"background work: running")
         await done.aclose()
-        child.interrupt()
+        child.process.send_signal(signal.SIGINT)
         await child.wait_for(rb"waiting up to 30 s for 1 ASGI application tasks")
-        child.interrupt()  # before: no handler during the drain, "interrupted before serving"
+        child.process.send_signal(
+            signal.SIGINT
+        )  # before: no handler during the drain, "interrupted before serving"
         await child.wait_for(rb"cleanup: waiting for stdin")
-        child.interrupt()
+        child.process.send_signal(signal.SIGINT)
         await child.wait_for(rb"SIGINT received: the forced shutdown is under way")
         assert child.process.stdin is not None
         await child.process.stdin.send_all(b"done\n")

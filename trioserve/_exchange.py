@@ -10,8 +10,8 @@ Rules for this module:
    request body is complete (see ``_run_inline``): a handler that answers at once
    costs no task. A handler with ``watch_disconnect = False`` (the ASGI adapter) gets
    a watcher only when someone awaits ``Request.wait_disconnected()``.
-3. This module and ``_connection`` are the only code that reads the stream, and
-   only the connection's own tasks do: at most one read is in flight
+3. This module, ``_connection`` and ``_closing`` are the only code that reads the
+   stream, and only the connection's own tasks do: at most one read is in flight
    (``_read_done`` is its event). The connection task reads for itself when it is
    the one asking (a handler running inline, a streamed response that reads the
    request); any other task (an ASGI application, a handler's own child) gets its
@@ -348,7 +348,7 @@ class Exchange:
         if done is None:
             waiting_for_continue = connection.proto.they_are_waiting_for_100_continue
             if trio.lowlevel.current_task() is connection.task and not waiting_for_continue:
-                await self.read_inline()
+                await self._read_inline()
                 return
             if waiting_for_continue:
                 connection.owe_continue()
@@ -357,7 +357,7 @@ class Exchange:
             connection.start_soon(self._read_for_others, reader, done)
         await done.wait()  # the read goes on if this task is cancelled (rule 4)
 
-    async def read_inline(self) -> None:
+    async def _read_inline(self) -> None:
         """Read in the connection task (no read may be in flight)."""
         done = self._read_done = trio.Event()
         try:
@@ -419,7 +419,7 @@ class Exchange:
             while True:
                 chunk = self._next_chunk()
                 if chunk is None:
-                    await self.read_inline()
+                    await self._read_inline()
                 elif not chunk:
                     return True
                 else:
