@@ -35,12 +35,12 @@ from trioserve._cli import (
     build_handler,
     build_parser,
     choose_interface,
-    flag_name,
     load_app,
     main,
     parse_args,
     plan_open_file_limit,
 )
+from trioserve._cli_config import flag_name
 from trioserve.asgi import ASGIHandler
 from trioserve.wsgi import WSGIHandler
 
@@ -69,6 +69,11 @@ def sample_value(field: dataclasses.Field[object]) -> tuple[str, object]:
     if hint is float or hint is int:
         assert field.default != 123
         return "123", 123
+    if hint is bool:
+        flag = flag_name(field.name)
+        return (flag.replace("--", "--no-") if field.default else flag), not field.default
+    if hint == tuple[str, ...]:
+        return "10.0.0.0/8, unix", ("10.0.0.0/8", "unix")
     assert hint == (str | None)
     return "cli-test", "cli-test"
 
@@ -110,14 +115,17 @@ def test_command_line_reference_lists_every_flag() -> None:
 @pytest.mark.parametrize("field", dataclasses.fields(trioserve.Config), ids=lambda f: f.name)
 def test_each_config_flag_reaches_config(field: dataclasses.Field[object]) -> None:
     typed, value = sample_value(field)
-    options = parse_args(["m:app", flag_name(field.name), typed])
+    argv = [typed] if typed.startswith("--") else [flag_name(field.name), typed]
+    options = parse_args(["m:app", *argv])
     assert options.config == trioserve.Config().replace(**{field.name: value})  # type: ignore[arg-type]  # a number or str
 
 
 def test_command_line_defaults() -> None:
     options = parse_args(["m:app"])
     assert options.config == trioserve.Config()
-    assert (options.host, options.port, options.interface) == ("127.0.0.1", 8000, "auto")
+    listening = options.listening
+    assert (listening.host, listening.port, options.interface) == ("127.0.0.1", 8000, "auto")
+    assert (listening.uds, listening.listeners, listening.ssl_context) == (None, (), None)
     assert (options.log_level, options.access_log, options.factory) == ("info", True, False)
     assert (options.root_path, options.lifespan, options.wsgi_max_threads) == (None, None, None)
 
@@ -168,8 +176,8 @@ def test_other_options() -> None:
     assert options.app == "pkg.mod:obj.app"
     assert options.factory
     assert options.interface == "asgi"
-    assert options.host is None  # '*': every interface
-    assert options.port == 0
+    assert options.listening.host is None  # '*': every interface
+    assert options.listening.port == 0
     assert (options.root_path, options.lifespan) == ("/api", "on")
     assert (options.log_level, options.access_log, options.app_dir) == ("debug", False, "src")
     assert parse_args(["m:app", "--wsgi-max-threads", "8"]).wsgi_max_threads == 8

@@ -175,6 +175,7 @@ def test_config_defaults_are_finite_where_they_defend() -> None:
         "body_min_rate": 1024.0,
         "body_rate_grace": 10.0,
         "write_timeout": 30.0,
+        "handshake_timeout": 10.0,
         "shutdown_timeout": 30.0,
         "max_header_size": 16 * 1024,
         "max_target_length": 8 * 1024,
@@ -185,12 +186,16 @@ def test_config_defaults_are_finite_where_they_defend() -> None:
         "max_requests_per_connection": math.inf,
         "backlog": 2048,
         "server_header": "trioserve",
+        "proxy_headers": True,
+        "forwarded_allow_ips": ("127.0.0.1",),
+        "proxy_protocol": False,
     }
     # Every limit but the requests per connection defends by default: none is inf.
     for field in dataclasses.fields(Config):
         value = getattr(config, field.name)
-        if field.name not in ("max_requests_per_connection", "server_header"):
-            assert math.isfinite(value), field.name
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if field.name != "max_requests_per_connection":
+                assert math.isfinite(value), field.name
     assert isinstance(config.backlog, int)
 
 

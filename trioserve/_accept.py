@@ -1,8 +1,9 @@
 """Accepting: from listeners into the connection nursery, under ``max_connections``.
 
 Rules for this module:
-1. A listener is a value: anything that yields a ``trio.abc.Stream`` (TCP, and next
-   TLS, Unix sockets, inherited sockets). Socket listeners get the fast path that
+1. A listener is a value: anything that yields a ``trio.abc.Stream`` (TCP, Unix
+   sockets, inherited sockets; TLS is the server's wrapping of each accepted stream,
+   or a ``trio.SSLListener`` given by hand). Socket listeners get the fast path that
    drains the kernel backlog on each readiness (bounded per pass) instead of taking
    one connection per scheduler pass as ``trio.serve_tcp`` does: a burst of 1000
    connections otherwise waits seconds for the last accept.
@@ -23,6 +24,7 @@ from typing import Final
 import trio
 
 from ._config import Config
+from ._listeners import UnixSocketListener
 from ._logging import error_logger
 from ._tracker import ConnectionTracker
 
@@ -67,9 +69,8 @@ class Acceptor:
 
     async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         """Accept from ``listener`` until cancelled, each connection into the nursery."""
-        sock = getattr(listener, "socket", None)
-        if isinstance(listener, trio.SocketListener) and sock is not None:
-            await self._accept_from_socket(listener)
+        if isinstance(listener, (trio.SocketListener, UnixSocketListener)):
+            await self._accept_from_socket(listener.socket)
             return
         while True:
             try:
@@ -87,11 +88,11 @@ class Acceptor:
                 raise
             self._start_connection(stream)
 
-    async def _accept_from_socket(self, listener: trio.SocketListener) -> None:
+    async def _accept_from_socket(self, sock: trio.socket.SocketType) -> None:
         """Drain the backlog on each readiness, up to ACCEPT_BATCH per pass."""
         # A duplicate of the listening descriptor, so accept() can run synchronously in
         # a loop; it shares the kernel socket (and its non-blocking flag).
-        raw = stdlib_socket.socket(fileno=listener.socket.dup().detach())
+        raw = stdlib_socket.socket(fileno=sock.dup().detach())
         try:
             limit = self._config.max_connections
             while True:

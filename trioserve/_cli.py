@@ -1,10 +1,9 @@
 """The command line: ``trioserve MODULE:ATTR [options]``, also ``python -m trioserve``.
 
 Rules for this module:
-1. The flags for deadlines and limits are generated from ``Config``'s fields, and
-   their help text is the first sentence of each field's ``#:`` comment in
-   ``_config.py``, so the command line cannot drift from the configuration. A value is
-   checked by building a ``Config`` with it: the error is ``Config``'s own message.
+1. The flags for ``Config``'s fields are generated from it (``_cli_config``), so the
+   command line cannot drift from the configuration; listening and TLS flags are
+   ``_cli_listen``'s.
 2. Every mistake a user can make here ends in one line on stderr and a non-zero exit
    status (2 for a bad command line, as argparse; 1 for the rest), never a
    traceback. The traceback of an error in the user's own code (an import that
@@ -17,16 +16,13 @@ Rules for this module:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.metadata
-import inspect
 import math
 import platform
-import re
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, cast
 
@@ -41,6 +37,8 @@ from ._cli_app import (
     choose_interface,
     load_app,
 )
+from ._cli_config import add_config_flags, config_from, format_number
+from ._cli_listen import Listening, add_listen_flags, listening_from
 from ._config import Config
 from ._handler import Handler
 from ._logging import StderrHandler, configure_logging, error_logger
@@ -84,8 +82,7 @@ class Options:
     app: str
     factory: bool
     interface: InterfaceChoice
-    host: str | None
-    port: int
+    listening: Listening
     app_dir: str
     root_path: str | None
     lifespan: LifespanChoice | None
@@ -124,7 +121,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         return EXIT_INTERRUPTED
     raise_open_file_limit(options.config.max_connections)
     print(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})", file=sys.stderr, flush=True)
-    return run(handler, options.port, host=options.host, config=options.config, lifespan=lifespan)
+    listening = options.listening
+    return run(
+        handler,
+        listening.port,
+        host=listening.host,
+        config=options.config,
+        lifespan=lifespan,
+        ssl_context=listening.ssl_context,
+        uds=listening.uds,
+        uds_permissions=listening.uds_permissions,
+        listeners=listening.listeners,
+        reload_tls=listening.reload_tls,
+    )
 
 
 # --- The command line -------------------------------------------------------------------
@@ -199,19 +208,7 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
         help="WSGI: requests the application handles at once, one thread each (default: 40)",
     )
 
-    listening = parser.add_argument_group("listening")
-    listening.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 for every IPv4 interface, '*' for every "
-        "IPv4 and IPv6 interface (default: 127.0.0.1)",
-    )
-    listening.add_argument(
-        "--port",
-        type=_port,
-        default=8000,
-        help="TCP port; 0 picks a free one, shown in the 'Serving on' line (default: 8000)",
-    )
+    add_listen_flags(parser)
 
     logs = parser.add_argument_group("logging (to stderr)")
     logs.add_argument(
@@ -234,13 +231,7 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
         "--no-access-log", dest="access_log", action="store_false", help="no access log"
     )
 
-    limits = parser.add_argument_group(
-        "deadlines and limits (trioserve.Config; 'inf' or 'none' for no limit where one "
-        "is allowed)"
-    )
-    docs = _field_docs()
-    for field in config_fields():
-        _add_config_flag(limits, field, docs.get(field.name, ""))
+    add_config_flags(parser)
     return parser
 
 
@@ -253,21 +244,22 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
     """
     parser = build_parser(prog)
     namespace = parser.parse_args(argv)
-    changes: dict[str, float | str | None] = {}
-    for field in config_fields():
-        if hasattr(namespace, field.name):
-            changes[field.name] = cast("float | str | None", getattr(namespace, field.name))
     try:
-        config = Config().replace(**changes)
+        config = config_from(namespace)
     except (TypeError, ValueError) as exc:  # each flag was checked alone: a combination
         parser.error(str(exc))
-    host = str(namespace.host)
+    try:
+        listening = listening_from(namespace)
+    except CLIError as exc:
+        if exc.status == USAGE_ERROR:
+            parser.error(str(exc))
+        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.status) from None
     return Options(
         app=str(namespace.app),
         factory=bool(namespace.factory),
         interface=cast(InterfaceChoice, namespace.interface),
-        host=None if host == "*" else host,
-        port=int(namespace.port),
+        listening=listening,
         app_dir=str(namespace.app_dir),
         root_path=cast("str | None", namespace.root_path),
         lifespan=cast("LifespanChoice | None", namespace.lifespan),
@@ -286,158 +278,6 @@ def version_line() -> str:
         f"{platform.python_implementation()} {platform.python_version()} on "
         f"{platform.system()})"
     )
-
-
-def config_fields() -> tuple[dataclasses.Field[object], ...]:
-    """``Config``'s fields, each of which gets a flag: ``max_body_size`` -> ``--max-body-size``."""
-    return dataclasses.fields(Config)
-
-
-def flag_name(field_name: str) -> str:
-    """The flag for a ``Config`` field: ``keep_alive_timeout`` -> ``--keep-alive-timeout``."""
-    return "--" + field_name.replace("_", "-")
-
-
-def _add_config_flag(
-    group: argparse._ArgumentGroup, field: dataclasses.Field[object], doc: str
-) -> None:
-    hint = typing.get_type_hints(Config)[field.name]
-    if hint is float:
-        convert: Callable[[str], float | str | None] = _number
-    elif hint is int:
-        convert = _integer
-    elif hint == (str | None):
-        convert = _text_or_none
-    else:  # a new kind of field: tests/test_cli.py fails here first
-        raise TypeError(f"no command-line form for Config.{field.name}: {hint}")
-    metavar = _metavar(field.name, hint)
-    shown = _format_default(field.default, metavar)
-    group.add_argument(
-        flag_name(field.name),
-        dest=field.name,
-        type=_checked(field.name, convert),
-        # Not given: absent from the namespace, so Config's own default applies.
-        default=argparse.SUPPRESS,
-        metavar=metavar,
-        help=f"{doc} (default: {shown})" if doc else f"(default: {shown})",
-    )
-
-
-def _checked(
-    name: str, convert: Callable[[str], float | str | None]
-) -> Callable[[str], float | str | None]:
-    """A converter that also builds a ``Config`` with the value, for its message."""
-
-    def check(text: str) -> float | str | None:
-        value = convert(text)
-        try:
-            Config().replace(**{name: value})
-        except (TypeError, ValueError) as exc:
-            # Config speaks Python ("math.inf"); on the command line it is "inf".
-            raise argparse.ArgumentTypeError(str(exc).replace("math.inf", "inf")) from None
-        return value
-
-    check.__name__ = name  # argparse names the converter in some messages
-    return check
-
-
-def _number(text: str) -> float:
-    """An int or float; ``inf``/``none`` (any case) is ``math.inf``, no limit."""
-    word = text.strip().lower()
-    if word in ("inf", "infinity", "none", "unlimited"):
-        return math.inf
-    try:
-        return int(word)
-    except ValueError:
-        pass
-    try:
-        return float(word)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'inf', not {text!r}") from None
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-
-
-def _text_or_none(text: str) -> str | None:
-    """A string; empty or ``none`` (any case) is ``None``."""
-    return None if text.strip().lower() in ("", "none") else text
-
-
-def _format_number(value: object) -> str:
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf"
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
-
-
-def _format_default(value: object, metavar: str) -> str:
-    if value is None:
-        return "none"
-    shown = _format_number(value)
-    if metavar == "BYTES" and isinstance(value, int):
-        for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
-            if value >= size and value % size == 0:
-                return f"{shown} = {value // size} {unit}"
-    return shown
-
-
-def _metavar(name: str, hint: object) -> str:
-    if hint is not float and hint is not int:
-        return "TEXT"
-    if name.endswith(("_timeout", "_grace")):
-        return "SECONDS"
-    if name.endswith("_rate"):
-        return "BYTES/S"
-    if name.endswith(("_size", "_length")):
-        return "BYTES"
-    return "N"
-
-
-#: Where a field's comment speaks Python rather than the command line.
-_HELP_OVERRIDES: Final = {
-    "server_header": "value of the Server header on every response; 'none' leaves it out",
-}
-
-
-def _field_docs() -> dict[str, str]:
-    """The first sentence of each ``Config`` field's ``#:`` comment, by field name."""
-    try:
-        source = inspect.getsource(Config)
-    except (OSError, TypeError):  # installed without sources: flags without help
-        return {}
-    docs: dict[str, str] = {}
-    comment: list[str] = []
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#:"):
-            comment.append(stripped[2:].strip())
-            continue
-        match = re.match(r"(\w+)\s*:", stripped)
-        if comment and match is not None:
-            name = match.group(1)
-            text = " ".join(comment).replace("``", "")
-            sentence = re.match(r"(.+?)\.(\s|$)", text)
-            text = sentence.group(1) if sentence is not None else text
-            docs[name] = _HELP_OVERRIDES.get(name, text[:1].lower() + text[1:])
-        comment = []
-    return docs
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {text!r}")
-    return port
 
 
 def _positive_int(text: str) -> int:
@@ -552,7 +392,7 @@ def plan_open_file_limit(
     hard_text = "unlimited" if hard == unlimited else str(hard)
     return new_soft, (
         f"open-file limit {new_soft} (hard limit {hard_text}) is short of --max-connections "
-        f"{_format_number(max_connections)} plus {FD_HEADROOM} for other files: about "
+        f"{format_number(max_connections)} plus {FD_HEADROOM} for other files: about "
         f"{max(new_soft - FD_HEADROOM, 0)} connections fit; raise the hard limit "
         "(ulimit -Hn, LimitNOFILE= in systemd) or lower --max-connections"
     )

@@ -6,7 +6,9 @@ Rules for this module:
    ``math.inf``, never ``None``.
 2. A Config is checked when it is built: a wrong type raises ``TypeError``, a value out
    of range raises ``ValueError``, naming the field. Nothing downstream re-validates.
-3. This module imports nothing from the rest of trioserve.
+3. This module imports nothing from the rest of trioserve but ``_forwarded``'s
+   parser of trusted addresses (a leaf), so a bad address fails when the Config is
+   built.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+
+from ._forwarded import TrustedPeers
 
 __all__ = ["Config"]
 
@@ -78,6 +82,13 @@ class Config:
     #: 60 s between two writes; uvicorn and hypercorn: none).
     write_timeout: float = 30.0
 
+    #: Time allowed for a TLS handshake, counted from accept: a client that opens a
+    #: connection and stalls mid-handshake is closed quietly at this deadline (and
+    #: counted in ``statistics().handshake_timeouts``). 10 s, as ``header_timeout``
+    #: which it precedes (nginx applies client_header_timeout, 60 s, to the handshake;
+    #: Go's net/http counts it in ReadHeaderTimeout; uvicorn and hypercorn: none).
+    handshake_timeout: float = 10.0
+
     #: On graceful shutdown, how long requests in flight may run before they are
     #: cancelled and their connections aborted. 30 s as gunicorn's graceful_timeout and
     #: Kubernetes' default termination grace period (hypercorn: 60 s; uvicorn: none).
@@ -128,6 +139,25 @@ class Config:
     #: Value of the ``Server`` header on every response; ``None`` leaves it out.
     server_header: str | None = "trioserve"
 
+    # --- Proxies -----------------------------------------------------------------------
+
+    #: Believe ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port`` and RFC 7239
+    #: ``Forwarded`` from trusted peers (``forwarded_allow_ips``): they set the client
+    #: address, scheme and host that handlers see. On by default, as uvicorn; from an
+    #: untrusted peer these headers change nothing.
+    proxy_headers: bool = True
+
+    #: The peers trusted to say who the client is: IP addresses, CIDR ranges
+    #: (``"10.0.0.0/8"``), ``"unix"`` for peers on a Unix socket, ``"*"`` for every
+    #: peer. ``("127.0.0.1",)`` as uvicorn and gunicorn.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+
+    #: Expect a PROXY protocol header (v1 or v2, as HAProxy and cloud load balancers
+    #: send it) before anything else on connections from trusted peers, read under
+    #: ``header_timeout``: it replaces the connection's client and server addresses. A
+    #: trusted peer that sends none is closed. Off by default.
+    proxy_protocol: bool = False
+
     def __post_init__(self) -> None:
         for name in _SECONDS:
             _check_number(name, getattr(self, name), allow_zero=False)
@@ -143,13 +173,20 @@ class Config:
             raise TypeError(f"backlog must be an int, not {type(self.backlog).__name__}")
         if self.backlog < 1:
             raise ValueError(f"backlog must be at least 1, not {self.backlog!r}")
+        for name in ("proxy_headers", "proxy_protocol"):
+            if type(getattr(self, name)) is not bool:
+                raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
+        allowed = self.forwarded_allow_ips
+        if not isinstance(allowed, tuple) or not all(isinstance(e, str) for e in allowed):
+            raise TypeError("forwarded_allow_ips must be a tuple of str")
+        TrustedPeers(allowed)  # raises ValueError naming a bad entry
         if self.server_header is not None:
             if not isinstance(self.server_header, str):
                 raise TypeError("server_header must be a str or None")
             if not self.server_header.isprintable() or not self.server_header.isascii():
                 raise ValueError("server_header must be printable ASCII")
 
-    def replace(self, **changes: float | str | None) -> Config:
+    def replace(self, **changes: float | str | bool | tuple[str, ...] | None) -> Config:
         """Return a copy with the given fields changed (and validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked by __post_init__
 
@@ -160,6 +197,7 @@ _SECONDS = (
     "body_timeout",
     "body_rate_grace",
     "write_timeout",
+    "handshake_timeout",
     "shutdown_timeout",
 )
 _SIZES = (

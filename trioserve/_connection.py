@@ -7,6 +7,8 @@ Rules for this module:
    ====================  ==========================================  ===============
    phase                 deadline                                    on expiry
    ====================  ==========================================  ===============
+   PROXY header          accept + header_timeout                     close quietly
+   TLS handshake         accept + handshake_timeout                  close quietly
    idle, first request   accept + header_timeout                     close quietly
    idle, kept alive      end of last response + keep_alive_timeout   close quietly
    request head          first byte (accept, for the first request)  408, close
@@ -17,6 +19,9 @@ Rules for this module:
    writing               write_timeout without progress              abort
    ====================  ==========================================  ===============
 
+   The header deadline of a first request runs from the end of the handshake on TLS
+   connections. The PROXY header and the handshake (``_opening``) count as idle for
+   shutdown and eviction: nothing has been asked yet.
    The handler itself has no deadline: it is the application's business.
    A connection whose idle wait brought only empty lines (a stray CRLF, which RFC
    9112 2.2 says to ignore) is still idle: same deadline, and still closed at once
@@ -50,7 +55,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
@@ -58,13 +63,18 @@ from ._closing import close_gracefully, reset
 from ._config import Config
 from ._errors import ClientDisconnected, HTTPError
 from ._exchange import RECEIVE_SIZE, WRITE_CHUNK, Abort, Exchange
+from ._forwarded import resolve
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
-from ._request import Request
+from ._opening import Ends, open_tls, read_proxy
+from ._request import Request, TLSInfo
 from ._response import Response
 from ._tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ._forwarded import TrustedPeers
 
 __all__ = ["HTTPConnection"]
 
@@ -75,6 +85,8 @@ _INF: Final = float("inf")
 class Phase(enum.Enum):
     """What the connection task is doing, so that when its scope fires we know why."""
 
+    PROXY_HEADER = "reading a PROXY protocol header"  # deadline: close quietly
+    HANDSHAKE = "in the TLS handshake"  # deadline: close quietly
     IDLE = "waiting for a request's first bytes"  # tracker may cancel: close quietly
     HEAD = "receiving the rest of a request head"  # deadline: 408
     HANDLER = "running the handler or a streamed body"  # no deadline
@@ -94,15 +106,16 @@ class HTTPConnection:
     __slots__ = (
         "_continue_sending",
         "_current",
+        "_ends",
         "_evicted",
         "_first",
         "_handler",
         "_nursery",
         "_owed",
         "_phase",
-        "_scheme",
-        "_server",
+        "_tls",
         "_tracker",
+        "_trust",
         "_watch",
         "_write_failed",
         "client",
@@ -122,10 +135,8 @@ class HTTPConnection:
         handler: Handler,
         config: Config,
         tracker: ConnectionTracker,
-        *,
-        client: tuple[str, int] | None = None,
-        server: tuple[str, int] | None = None,
-        scheme: str = "http",
+        ends: Ends,
+        trust: TrustedPeers,
     ) -> None:
         # Shared with the exchange (``_exchange``), which reads the body and watches.
         self.stream = stream
@@ -137,9 +148,10 @@ class HTTPConnection:
         self.peer_eof = False  # the client sent EOF, or the connection broke
         self._handler = handler
         self._tracker = tracker
-        self.client = client
-        self._server = server
-        self._scheme = scheme
+        self.client = ends.client
+        self._ends = ends
+        self._trust = trust
+        self._tls: TLSInfo | None = None
         self._current: Exchange | None = None
         self._evicted = False
         self._phase = _IDLE
@@ -209,6 +221,13 @@ class HTTPConnection:
         if current is not None and current.gone:
             current.count_client_gone()
             raise Abort
+        if phase is Phase.PROXY_HEADER or phase is Phase.HANDSHAKE:
+            if not (self._tracker.shutting_down or self._evicted):
+                if phase is Phase.HANDSHAKE:
+                    self.counters.handshake_timeouts += 1
+                else:
+                    self.counters.proxy_header_errors += 1
+            return False
         if phase == _IDLE:
             # Idle too long (shutdown and eviction are seen before this can happen).
             self._count_idle_timeout()
@@ -220,7 +239,7 @@ class HTTPConnection:
             if self.scope.cancelled_caught:
                 self._write_timed_out()
             if access_logger.isEnabledFor(logging.INFO):
-                log_refusal(self.client, 408)
+                log_refusal(self._ends.label, 408)
             return True
         if phase == _WRITE:
             self._write_timed_out()
@@ -232,6 +251,12 @@ class HTTPConnection:
         """The request loop. Returns True if a response was sent before the close."""
         config = self.config
         proto = self.proto
+        if isinstance(self.stream, trio.SSLStream) or (
+            config.proxy_protocol and self._ends.trusted
+        ):
+            closing = await self._open()
+            if closing is not None:
+                return closing
         deadline = trio.current_time() + config.header_timeout
         served = 0
         while True:
@@ -240,7 +265,7 @@ class HTTPConnection:
             except HTTPError as exc:
                 await self._send_error(exc.status_code)
                 if access_logger.isEnabledFor(logging.INFO):
-                    log_refusal(self.client, exc.status_code)
+                    log_refusal(self._ends.label, exc.status_code)
                 return True
             if head is None:
                 return False
@@ -251,6 +276,43 @@ class HTTPConnection:
             if not proto.start_next_cycle():
                 return True
             deadline = trio.current_time() + config.keep_alive_timeout
+
+    # --- Opening: the PROXY header and the TLS handshake ------------------------------
+
+    async def _open(self) -> bool | None:
+        """What comes before the first request, under deadlines counted from accept.
+
+        Returns None to go on serving; True once a client that spoke plain HTTP to
+        the TLS port was answered (close gracefully); False to close quietly. A
+        deadline, a shutdown or an eviction ends it in ``_scope_fired``.
+        """
+        scope = self.scope
+        config = self.config
+        ends = self._ends
+        accepted = trio.current_time()
+        self._tracker.enter_idle(scope)  # nothing asked yet: shutdown closes it at once
+        try:
+            if config.proxy_protocol and ends.trusted:
+                self._phase = Phase.PROXY_HEADER
+                scope.deadline = accepted + config.header_timeout
+                if not await read_proxy(self.stream, ends, config, self._trust):
+                    self.counters.proxy_header_errors += 1
+                    return False
+                self.client = ends.client
+            if isinstance(self.stream, trio.SSLStream):
+                self._phase = Phase.HANDSHAKE
+                scope.deadline = accepted + config.handshake_timeout
+                opened = await open_tls(self.stream, ends, self.counters)
+                if opened is True:  # answered in plain HTTP: linger on the socket itself
+                    self.stream = self.stream.transport_stream
+                if not isinstance(opened, TLSInfo):
+                    return opened
+                self._tls = opened
+        finally:
+            self._evicted = self._tracker.leave_idle(scope)
+        if scope.cancel_called:
+            await trio.lowlevel.checkpoint()  # too late all the same: in this phase
+        return None
 
     # --- Receiving the head ------------------------------------------------------------
 
@@ -347,11 +409,21 @@ class HTTPConnection:
             headers=Headers.from_raw(head.headers),
             http_version=head.http_version,
             client=self.client,
-            server=self._server,
-            scheme=self._scheme,
+            server=self._ends.server,
+            scheme=self._ends.scheme,
+            tls=self._tls,
             body=exchange,
             shutdown_event=self._tracker.shutdown_event,
         )
+        if self._ends.forwarding:
+            forwarded = resolve(head.headers, self.client, self._ends.scheme, self._trust)
+            if forwarded is not None:
+                request.client = forwarded.client
+                request.scheme = forwarded.scheme
+                if forwarded.server is not None:
+                    request.server = forwarded.server
+                if forwarded.host is not None:
+                    request.headers = Headers.from_raw(_with_host(head.headers, forwarded.host))
         try:
             return await self._respond(request, exchange, last=last)
         finally:
@@ -522,8 +594,9 @@ class HTTPConnection:
     def _log_access(self, request: Request, status: int, size: int, started: float) -> None:
         if access_logger.isEnabledFor(logging.INFO):
             headers = request.headers
+            client = request.client
             log_access(
-                request.client,
+                client[0] if client is not None else self._ends.label,
                 request.method,
                 request.target,
                 request.http_version,
@@ -533,3 +606,10 @@ class HTTPConnection:
                 headers.get("user-agent"),
                 trio.current_time() - started,
             )
+
+
+def _with_host(headers: list[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``host`` as the one Host field (added when there was none)."""
+    rewritten = [(name, value) for name, value in headers if name != b"host"]
+    rewritten.append((b"host", host))
+    return rewritten

@@ -35,7 +35,7 @@ access_logger = logging.getLogger("trioserve.access")
 
 
 def log_access(
-    client: tuple[str, int] | None,
+    host: str,
     method: str,
     target: str,
     http_version: str,
@@ -47,17 +47,18 @@ def log_access(
 ) -> None:
     """One Combined Log Format line, then the duration in seconds as one more field.
 
-    ``127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] "GET / HTTP/1.1" 200 13 "-"``
-    ``"curl/8.5" 0.000412`` (one line). The first field is the client's host alone,
-    never ``host:port``: every Combined parser reads it as a host. The duration comes
-    last, after the user agent, where nginx's ``$request_time`` and Apache's ``%D`` are
-    usually appended, so parsers that read Combined as a prefix of the line (GoAccess's
-    ``COMBINED``, grok's ``COMBINEDAPACHELOG``) read these lines unchanged.
+        ``127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] "GET / HTTP/1.1" 200 13 "-"``
+        ``"curl/8.5" 0.000412`` (one line). The first field is the client's host alone,
+        never ``host:port``: every Combined parser reads it as a host (``-`` when unknown,
+    ``unix:<path>`` for a client on a Unix socket, as nginx's ``unix:``). The duration comes
+        last, after the user agent, where nginx's ``$request_time`` and Apache's ``%D`` are
+        usually appended, so parsers that read Combined as a prefix of the line (GoAccess's
+        ``COMBINED``, grok's ``COMBINEDAPACHELOG``) read these lines unchanged.
     """
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
     access_logger.info(
         '%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s" %.6f',
-        _host(client),
+        host,
         when,
         method,
         target,
@@ -70,18 +71,13 @@ def log_access(
     )
 
 
-def log_refusal(client: tuple[str, int] | None, status: int) -> None:
+def log_refusal(host: str, status: int) -> None:
     """The access-log line of a request refused before any handler saw it (a head
     too slow, malformed, too large, ambiguous or not HTTP/1.x: 400, 408, 414, 431,
     501, 505): the request line is ``"-"``, as nginx logs a request it could not
     parse, and so is the duration."""
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-    access_logger.info('%s - - [%s] "-" %d - "-" "-" -', _host(client), when, status)
-
-
-def _host(client: tuple[str, int] | None) -> str:
-    # Combined Log Format's %h: the remote host only; a port there breaks parsers.
-    return client[0] if client is not None else "-"
+    access_logger.info('%s - - [%s] "-" %d - "-" "-" -', host, when, status)
 
 
 # --- The setup for programs ---------------------------------------------------------------

@@ -12,6 +12,7 @@ Rules for this module:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
@@ -19,7 +20,33 @@ import trio
 
 from ._headers import Headers
 
-__all__ = ["Request", "RequestSource"]
+__all__ = ["Request", "RequestSource", "TLSInfo"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSInfo:
+    """What a handler may know of a TLS connection (``Request.tls``).
+
+    The fields are those of the ASGI TLS extension, which the ASGI adapter passes on.
+
+    Attributes:
+        version: the TLS version as its protocol number: ``0x0303`` for TLS 1.2,
+            ``0x0304`` for TLS 1.3.
+        cipher_suite: the cipher suite's IANA number (``0x1301`` for
+            TLS_AES_128_GCM_SHA256), or None when unknown.
+        client_cert_chain: the client's certificate (PEM) when one was asked for
+            (``--ssl-cert-reqs``) and sent; empty otherwise. Only the client's own
+            certificate: Python's ``ssl`` does not show the rest of its chain.
+        client_cert_name: that certificate's subject as an RFC 4514 string
+            (``CN=alice,O=Example``), or None.
+        alpn_protocol: the protocol agreed by ALPN (``"http/1.1"``), or None.
+    """
+
+    version: int
+    cipher_suite: int | None
+    client_cert_chain: tuple[str, ...] = ()
+    client_cert_name: str | None = None
+    alpn_protocol: str | None = None
 
 
 class RequestSource(Protocol):
@@ -82,6 +109,11 @@ class Request:
         client: the peer's ``(host, port)``, or ``None`` when unknown.
         server: our ``(host, port)``, or ``None`` when unknown.
         scheme: ``"http"`` or ``"https"``.
+        tls: :class:`TLSInfo` on a TLS connection, else ``None``.
+
+    Behind a trusted proxy (``Config.proxy_headers``, ``Config.proxy_protocol``),
+    ``client``, ``scheme``, ``server`` and the ``Host`` header are what the proxy
+    says it forwarded; see docs/deployment.md.
 
     The body is read with ``await request.body()`` (all of it, bounded by
     ``Config.max_body_size``) or ``async for chunk in request.stream()``; either can be
@@ -106,6 +138,7 @@ class Request:
         "scheme",
         "server",
         "target",
+        "tls",
     )
 
     def __init__(
@@ -118,6 +151,7 @@ class Request:
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
         scheme: str = "http",
+        tls: TLSInfo | None = None,
         body: bytes | RequestSource = b"",
         shutdown_event: trio.Event | None = None,
     ) -> None:
@@ -128,6 +162,7 @@ class Request:
         self.client = client
         self.server = server
         self.scheme = scheme
+        self.tls = tls
         self._source: RequestSource = _BytesBody(body) if isinstance(body, bytes) else body
         self._shutdown = shutdown_event
         self._body_consumed = False

@@ -16,16 +16,20 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import socket
+import ssl
 import sys
 import traceback
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, NamedTuple
 
 import trio
 
 from ._config import Config
 from ._errors import StartupError
 from ._handler import Handler
+from ._listeners import ListenerError
 from ._logging import configure_logging, error_logger, logging_configured
 from ._server import Lifespan, Server, serve
 
@@ -45,11 +49,16 @@ EXIT_INTERRUPTED: Final = 130
 
 def run(
     handler: Handler,
-    port: int = 8000,
+    port: int | None = 8000,
     *,
     host: str | None = "127.0.0.1",
     config: Config | None = None,
     lifespan: Lifespan | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    uds: str | os.PathLike[str] | None = None,
+    uds_permissions: int | None = None,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+    reload_tls: Callable[[], None] | None = None,
 ) -> int:
     """Serve ``handler`` in this process until SIGINT or SIGTERM; return an exit status.
 
@@ -71,11 +80,17 @@ def run(
 
     Args:
         handler: ``async def handler(request: Request) -> Response``.
-        port: the TCP port; 0 picks a free one.
+        port: the TCP port; 0 picks a free one; ``None`` for no TCP listener (serve
+            only ``uds`` and ``listeners``).
         host: the address to bind; ``None`` binds every interface (IPv4 and IPv6).
         config: deadlines and limits; ``Config()`` when omitted.
         lifespan: as for :func:`serve`: entered before listening, exited after
             draining.
+        ssl_context, uds, uds_permissions: as for :func:`serve`.
+        listeners: more listeners to serve, already open (inherited sockets).
+        reload_tls: called on SIGHUP to load the certificate again (see
+            :func:`trioserve.reload_certificates`); its failure is logged and the
+            old certificate stays.
 
     Returns:
         0 (:data:`EXIT_OK`) after a clean graceful shutdown; 1 (:data:`EXIT_FAILURE`)
@@ -93,10 +108,21 @@ def run(
     served: list[Server] = []  # the server, once it serves (for a late Ctrl+C)
     try:
         server = trio.run(
-            functools.partial(_serve_and_report, handler, port, host, config, lifespan, served)
+            functools.partial(
+                _serve_and_report,
+                handler,
+                _Serving(port, host, config, lifespan, ssl_context, uds, uds_permissions),
+                listeners,
+                reload_tls,
+                served,
+            )
         )
     except _ListenError as exc:
-        _report(f"cannot listen on {_where(host, port)}: {_listen_reason(exc.error, port)}", exc)
+        if isinstance(exc.error, ListenerError):  # a Unix socket: its own words
+            _report(str(exc.error), exc)
+        else:
+            where = _where(host, port or 0)
+            _report(f"cannot listen on {where}: {_listen_reason(exc.error, port or 0)}", exc)
         return EXIT_FAILURE
     except StartupError as exc:
         _report(_startup_message(exc), exc)
@@ -123,26 +149,50 @@ class _ListenError(Exception):
         self.error = error
 
 
+class _Serving(NamedTuple):
+    """What run() passes on to serve()."""
+
+    port: int | None
+    host: str | None
+    config: Config | None
+    lifespan: Lifespan | None
+    ssl_context: ssl.SSLContext | None
+    uds: str | os.PathLike[str] | None
+    uds_permissions: int | None
+
+
 async def _serve_and_report(
     handler: Handler,
-    port: int,
-    host: str | None,
-    config: Config | None,
-    lifespan: Lifespan | None,
+    serving: _Serving,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    reload_tls: Callable[[], None] | None,
     served: list[Server],
 ) -> Server:
     failure: _ListenError | StartupError | None = None
     server: Server | None = None
     async with trio.open_nursery() as nursery:
         try:
+            opened = list(listeners)
+            if serving.port is not None:
+                backlog = (serving.config or Config()).backlog
+                try:
+                    opened += await trio.open_tcp_listeners(
+                        serving.port, host=serving.host, backlog=backlog
+                    )
+                except BaseException:
+                    for listener in opened:
+                        await trio.aclose_forcefully(listener)
+                    raise
             server = await nursery.start(
                 functools.partial(
                     serve,
                     handler,
-                    port,
-                    host=host,
-                    config=config,
-                    lifespan=lifespan,
+                    config=serving.config,
+                    ssl_context=serving.ssl_context,
+                    uds=serving.uds,
+                    uds_permissions=serving.uds_permissions,
+                    listeners=opened,
+                    lifespan=serving.lifespan,
                     handle_signals=True,
                 )
             )
@@ -158,11 +208,33 @@ async def _serve_and_report(
             # serve() installed its signal handlers before reporting the server.
             for url in server.urls:
                 print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
+            if reload_tls is not None:
+                nursery.start_soon(_reload_tls_on_sighup, server, reload_tls)
     # Raised here, outside the nursery, so that it is not wrapped in an exception group.
     if failure is not None:
         raise failure
     assert server is not None  # no failure means started() was called
     return server
+
+
+async def _reload_tls_on_sighup(server: Server, reload_tls: Callable[[], None]) -> None:
+    """On SIGHUP, load the certificate and key again: new handshakes get them, open
+    connections keep theirs. Runs until the server has finished."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_finished, server, nursery.cancel_scope)
+            async for _ in signals:
+                try:
+                    reload_tls()
+                except ValueError as exc:  # TLSConfigError: one line
+                    error_logger.error("SIGHUP: certificate not reloaded: %s", exc)
+                else:
+                    error_logger.info("SIGHUP: certificate reloaded")
+
+
+async def _cancel_when_finished(server: Server, scope: trio.CancelScope) -> None:
+    await server.wait_finished()
+    scope.cancel()
 
 
 def describe_exception(exc: BaseException) -> str:

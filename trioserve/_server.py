@@ -14,8 +14,10 @@ Rules for this module:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import socket as stdlib_socket
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -25,8 +27,11 @@ from ._accept import Acceptor
 from ._config import Config
 from ._connection import HTTPConnection
 from ._errors import StartupError
+from ._forwarded import TrustedPeers
 from ._handler import Handler
+from ._listeners import describe_listener, open_unix_listener
 from ._logging import error_logger
+from ._opening import ends_of
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
 
@@ -48,11 +53,24 @@ class Server:
     Args:
         handler: ``async def handler(request: Request) -> Response``.
         config: deadlines and limits; ``Config()`` when omitted.
+        ssl_context: serve TLS: every connection (accepted, or handed to
+            :meth:`serve_connection`) is wrapped in a ``trio.SSLStream`` with it,
+            and its handshake runs under ``Config.handshake_timeout``. Build one with
+            :func:`trioserve.create_ssl_context`. Streams that already are
+            ``trio.SSLStream`` (from a ``trio.SSLListener``) are served as they are.
     """
 
-    def __init__(self, handler: Handler, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        config: Config | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config if config is not None else Config()
+        self.ssl_context = ssl_context
+        self._trust = TrustedPeers(self.config.forwarded_allow_ips)
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._tracker = ConnectionTracker()
         self._serving = False
@@ -70,26 +88,21 @@ class Server:
         """The TCP ports the server listens on (one per listener that has a port)."""
         ports = []
         for listener in self.listeners:
-            sock = getattr(listener, "socket", None)
-            if sock is not None and sock.family in (
-                stdlib_socket.AF_INET,
-                stdlib_socket.AF_INET6,
-            ):
+            sock = _socket_of(listener)
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 ports.append(sock.getsockname()[1])
         return ports
 
     @property
     def urls(self) -> list[str]:
-        """``http://host:port`` for each TCP listener (IPv6 hosts in brackets)."""
+        """Where the server listens: ``http://host:port`` for each TCP listener (IPv6
+        hosts in brackets; ``https://`` with TLS), ``unix:/path`` for a Unix socket."""
         urls = []
         for listener in self.listeners:
-            sock = getattr(listener, "socket", None)
-            if sock is None or sock.family not in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
-                continue
-            host, port = sock.getsockname()[:2]
-            if sock.family == stdlib_socket.AF_INET6:
-                host = f"[{host}]"
-            urls.append(f"http://{host}:{port}")
+            url = describe_listener(listener)
+            if self.ssl_context is not None and url.startswith("http://"):
+                url = "https://" + url[len("http://") :]
+            urls.append(url)
         return urls
 
     def statistics(self) -> ServerStatistics:
@@ -177,19 +190,15 @@ class Server:
 
         Error handling: never raises for anything the client does.
         """
-        if client is None and server is None:
-            client, server = _addresses(stream)
-        if scheme == "http" and isinstance(stream, trio.SSLStream):
-            scheme = "https"
-        connection = HTTPConnection(
-            stream,
-            self.handler,
-            self.config,
-            self._tracker,
-            client=client,
-            server=server,
-            scheme=scheme,
-        )
+        if self.ssl_context is not None and not isinstance(stream, trio.SSLStream):
+            # https_compatible: a client that leaves without close_notify is an
+            # ordinary EOF (as every browser does), and closing does not wait for one.
+            stream = trio.SSLStream(
+                stream, self.ssl_context, server_side=True, https_compatible=True
+            )
+        config = self.config
+        ends = ends_of(stream, config, self._trust, client=client, server=server, scheme=scheme)
+        connection = HTTPConnection(stream, self.handler, config, self._tracker, ends, self._trust)
         await connection.serve()
 
     def _begin_shutdown(self, *, force: bool = False) -> None:
@@ -237,22 +246,11 @@ def _connections(count: int) -> str:
     return "1 connection" if count == 1 else f"{count} connections"
 
 
-def _addresses(
-    stream: trio.abc.Stream,
-) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if not isinstance(stream, trio.SocketStream):
-        return None, None
-    sock = stream.socket
-    if sock.family not in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
-        return None, None
-    try:
-        peer = sock.getpeername()
-        local = sock.getsockname()
-    except OSError:
-        return None, None
-    return (peer[0], peer[1]), (local[0], local[1])
+def _socket_of(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.SocketType | None:
+    while isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    sock: trio.socket.SocketType | None = getattr(listener, "socket", None)
+    return sock
 
 
 async def serve(
@@ -261,6 +259,10 @@ async def serve(
     *,
     host: str | None = None,
     config: Config | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    uds: str | os.PathLike[str] | None = None,
+    uds_permissions: int | None = None,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     lifespan: Lifespan | None = None,
     shutdown_trigger: ShutdownTrigger | None = None,
     handle_signals: bool = False,
@@ -275,6 +277,16 @@ async def serve(
         host: the address to bind; ``None`` binds every interface, IPv4 and IPv6
             where the system has both.
         config: deadlines and limits; ``Config()`` when omitted.
+        ssl_context: serve HTTPS: see :class:`Server` and
+            :func:`trioserve.create_ssl_context`.
+        uds: serve on this Unix socket instead of a TCP port (see
+            :func:`trioserve.open_unix_listener`: a stale socket file is replaced,
+            the file is removed on exit); ``uds_permissions`` is its file's mode
+            (``0o660``), else the umask's.
+        listeners: serve these instead of a TCP port (with ``uds``, as well as it):
+            from ``trio.open_tcp_listeners``, :func:`trioserve.open_unix_listener`,
+            :func:`trioserve.fd_listener` or :func:`trioserve.systemd_listeners`.
+            Several at once are fine; they are closed when ``serve`` returns.
         lifespan: a callable returning an async context manager, entered before
             listening and exited after the last connection has finished (open
             database pools there). An error on entry ends ``serve`` with
@@ -305,9 +317,9 @@ async def serve(
         StartupError: ``lifespan`` failed on entry.
     """
     config = config if config is not None else Config()
-    server = Server(handler, config)
+    server = Server(handler, config, ssl_context=ssl_context)
     # Bind first: a port in use fails here, as itself, before a slow startup runs.
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+    listeners = await _open_listeners(port, host, uds, uds_permissions, listeners, config.backlog)
     failure: BaseException | None = None
     try:
         # The signal receiver lives in this nursery, around the lifespan, so that
@@ -338,9 +350,31 @@ async def serve(
         raise failure
 
 
+async def _open_listeners(
+    port: int,
+    host: str | None,
+    uds: str | os.PathLike[str] | None,
+    uds_permissions: int | None,
+    given: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    backlog: int,
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    opened: list[trio.abc.Listener[trio.abc.Stream]] = list(given)
+    try:
+        if uds is not None:
+            unix = await open_unix_listener(uds, permissions=uds_permissions, backlog=backlog)
+            opened.append(unix)
+        if not opened:
+            opened.extend(await trio.open_tcp_listeners(port, host=host, backlog=backlog))
+    except BaseException:
+        for listener in opened:
+            await trio.aclose_forcefully(listener)
+        raise
+    return opened
+
+
 async def _serve_in_lifespan(
     server: Server,
-    listeners: list[trio.SocketListener],
+    listeners: list[trio.abc.Listener[trio.abc.Stream]],
     lifespan: Lifespan | None,
     shutdown_trigger: ShutdownTrigger | None,
     signals: trio.Nursery,

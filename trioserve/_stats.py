@@ -42,6 +42,12 @@ class ServerStatistics:
             mid-response, client gone).
         shutdown_cutoffs: connections cancelled at ``Config.shutdown_timeout`` (or by
             a forced shutdown).
+        handshake_timeouts: TLS connections closed at ``Config.handshake_timeout``.
+        handshake_failures: TLS handshakes that failed: plain HTTP on the TLS port
+            (answered with 400), garbage, no common version or cipher, a refused
+            client certificate, or a client that left mid-handshake.
+        proxy_header_errors: connections from trusted peers closed because their
+            PROXY protocol header was missing, malformed or too slow.
     """
 
     connections_open: int = 0
@@ -66,6 +72,9 @@ class ServerStatistics:
     connections_evicted: int = 0
     connections_aborted: int = 0
     shutdown_cutoffs: int = 0
+    handshake_timeouts: int = 0
+    handshake_failures: int = 0
+    proxy_header_errors: int = 0
 
 
 #: The counters: every field of the snapshot but ``connections_idle``, which the

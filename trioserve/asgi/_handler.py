@@ -138,6 +138,18 @@ class ASGIHandler:
             elif name == b"transfer-encoding":
                 body_length = None
         root_path = self.root_path
+        extensions: dict[str, object] = {"http.response.pathsend": {}}
+        tls = request.tls
+        if tls is not None:
+            # The ASGI TLS extension; the server's own certificate is not at hand.
+            extensions["tls"] = {
+                "server_cert": None,
+                "client_cert_chain": list(tls.client_cert_chain),
+                "client_cert_name": tls.client_cert_name,
+                "client_cert_error": None,  # an unverified certificate fails the handshake
+                "tls_version": tls.version,
+                "cipher_suite": tls.cipher_suite,
+            }
         scope: Scope = {
             "type": "http",
             "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -152,7 +164,7 @@ class ASGIHandler:
             "client": request.client,
             "server": request.server,
             "state": self._state.copy(),
-            "extensions": {"http.response.pathsend": {}},
+            "extensions": extensions,
         }
         cycle = HTTPCycle(request, scope, body_length)
         apps.start_soon(cycle.run, self.app)
