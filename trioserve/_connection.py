@@ -59,16 +59,15 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
-from ._closing import close_gracefully, reset
+from ._closing import close
 from ._config import Config
 from ._errors import ClientDisconnected, HTTPError
 from ._exchange import RECEIVE_SIZE, WRITE_CHUNK, Abort, Exchange
-from ._forwarded import resolve
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
-from ._opening import Ends, open_tls, read_proxy
+from ._opening import Ends, forward, open_tls, read_proxy
 from ._request import Request, TLSInfo
 from ._response import Response
 from ._tracker import ConnectionTracker
@@ -203,12 +202,12 @@ class HTTPConnection:
                 # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
                 self.counters.shutdown_cutoffs += 1
             tracker.connection_closed(evicted=self._evicted)
-            if graceful:
-                await close_gracefully(self.stream, peer_eof=self.peer_eof)
-            else:
-                if aborted or self.response_open:
-                    reset(self.stream)
-                await trio.aclose_forcefully(self.stream)
+            await close(
+                self.stream,
+                graceful=graceful,
+                reset=aborted or self.response_open,
+                peer_eof=self.peer_eof,
+            )
 
     async def _scope_fired(self) -> bool:
         """The connection scope was cancelled: act on the phase it caught us in.
@@ -416,14 +415,7 @@ class HTTPConnection:
             shutdown_event=self._tracker.shutdown_event,
         )
         if self._ends.forwarding:
-            forwarded = resolve(head.headers, self.client, self._ends.scheme, self._trust)
-            if forwarded is not None:
-                request.client = forwarded.client
-                request.scheme = forwarded.scheme
-                if forwarded.server is not None:
-                    request.server = forwarded.server
-                if forwarded.host is not None:
-                    request.headers = Headers.from_raw(_with_host(head.headers, forwarded.host))
+            forward(request, head.headers, self._trust)
         try:
             return await self._respond(request, exchange, last=last)
         finally:
@@ -606,10 +598,3 @@ class HTTPConnection:
                 headers.get("user-agent"),
                 trio.current_time() - started,
             )
-
-
-def _with_host(headers: list[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
-    """``headers`` with ``host`` as the one Host field (added when there was none)."""
-    rewritten = [(name, value) for name, value in headers if name != b"host"]
-    rewritten.append((b"host", host))
-    return rewritten

@@ -26,13 +26,22 @@ from typing import Final
 import trio
 
 from ._config import Config
-from ._forwarded import TrustedPeers
+from ._forwarded import TrustedPeers, resolve
+from ._headers import Headers
 from ._logging import access_logger, error_logger, log_refusal
 from ._proxy_protocol import ProxyProtocolError, read_proxy_header
-from ._request import TLSInfo
+from ._request import Request, TLSInfo
 from ._stats import Counters
 
-__all__ = ["PLAIN_HTTP_ANSWER", "Ends", "ends_of", "open_tls", "read_proxy", "tls_info"]
+__all__ = [
+    "PLAIN_HTTP_ANSWER",
+    "Ends",
+    "ends_of",
+    "forward",
+    "open_tls",
+    "read_proxy",
+    "tls_info",
+]
 
 #: The answer to a plain-HTTP request on the TLS port, in plain HTTP (nginx answers
 #: the same with 400 "The plain HTTP request was sent to HTTPS port"): a person who
@@ -128,6 +137,23 @@ def _socket_ends(
     except OSError:  # the peer left already: it will be seen as gone
         pass
     return None, None, None
+
+
+def forward(request: Request, headers: list[tuple[bytes, bytes]], trust: TrustedPeers) -> None:
+    """Set what a trusted proxy says it forwarded on ``request``: its client, scheme,
+    server and Host header (``_forwarded`` decides what the headers say)."""
+    forwarded = resolve(headers, request.client, request.scheme, trust)
+    if forwarded is None:
+        return
+    request.client = forwarded.client
+    request.scheme = forwarded.scheme
+    if forwarded.server is not None:
+        request.server = forwarded.server
+    if forwarded.host is not None:
+        host = forwarded.host
+        rewritten = [(name, value) for name, value in headers if name != b"host"]
+        rewritten.append((b"host", host))
+        request.headers = Headers.from_raw(rewritten)
 
 
 async def read_proxy(
