@@ -585,16 +585,8 @@ class HTTPConnection:
 
     def _log_access(self, request: Request, status: int, size: int, started: float) -> None:
         if access_logger.isEnabledFor(logging.INFO):
-            headers = request.headers
             client = request.client
-            log_access(
-                client[0] if client is not None else self._ends.label,
-                request.method,
-                request.target,
-                request.http_version,
-                status,
-                size,
-                headers.get("referer"),
-                headers.get("user-agent"),
-                trio.current_time() - started,
-            )
+            # No client on a Unix socket: name the socket; a proxy said "unknown": "-".
+            unknown = self._ends.label if self.client is None else "-"
+            host = client[0] if client is not None else unknown
+            log_access(host, request, status, size, trio.current_time() - started)

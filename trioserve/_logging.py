@@ -19,6 +19,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._request import Request
 
 __all__ = [
     "StderrHandler",
@@ -34,17 +38,7 @@ error_logger = logging.getLogger("trioserve.error")
 access_logger = logging.getLogger("trioserve.access")
 
 
-def log_access(
-    host: str,
-    method: str,
-    target: str,
-    http_version: str,
-    status: int,
-    size: int,
-    referer: str | None,
-    user_agent: str | None,
-    duration: float,
-) -> None:
+def log_access(host: str, request: Request, status: int, size: int, duration: float) -> None:
     """One Combined Log Format line, then the duration in seconds as one more field.
 
         ``127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] "GET / HTTP/1.1" 200 13 "-"``
@@ -60,13 +54,13 @@ def log_access(
         '%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s" %.6f',
         host,
         when,
-        method,
-        target,
-        http_version,
+        request.method,
+        request.target,
+        request.http_version,
         status,
         size if size else "-",
-        referer or "-",
-        user_agent or "-",
+        request.headers.get("referer") or "-",
+        request.headers.get("user-agent") or "-",
         duration,
     )
 

@@ -69,6 +69,8 @@ _RDN_NAMES: Final = {
     "streetAddress": "STREET",
     "domainComponent": "DC",
     "userId": "UID",
+    # No RFC 4514 short name: the dotted OID, as the cryptography package writes it.
+    "emailAddress": "1.2.840.113549.1.9.1",
 }
 
 
@@ -259,7 +261,9 @@ def _escape(value: str) -> str:
     out = []
     for i, char in enumerate(value):
         edge = (i == 0 and char in " #") or (i == len(value) - 1 and char == " ")
-        if edge or char in ',+"\\<>;':
+        if char == "\0":
+            out.append("\\00")  # RFC 4514 2.4: a NUL is hex-escaped, never raw
+        elif edge or char in ',+"\\<>;':
             out.append("\\" + char)
         else:
             out.append(char)
