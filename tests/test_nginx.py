@@ -40,9 +40,6 @@ import trio
 import trio.testing
 import trustme
 
-import trioserve
-from trioserve.testing import ResponseReader, open_connection, receive_all
-
 from .processes import BOUND, ChildProcess, running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,30 +366,3 @@ async def test_the_systemd_units_serve_through_socket_activation(tmp_path: Path)
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
     assert json.loads(response.partition(b"\r\n\r\n")[2])["client"][0] == "127.0.0.1"
     assert status == 0, service.stderr.decode()
-
-
-async def handler(request: trioserve.Request) -> trioserve.Response:
-    await request.body()
-    return trioserve.Response(200, body="ok")
-
-
-async def test_a_request_delivered_before_the_keep_alive_deadline_is_served(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """The whole request is in the server's receive buffer before keep_alive_timeout
-    expires, but the server's task runs only after it: the request must be served.
-
-    A request delivered in time is no longer idle time. Dropping it is what most of
-    the 502s behind nginx come from when nginx's keepalive_timeout is not below
-    trioserve's (nginx cannot retry the POST, and the server had it in hand)."""
-    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    config = trioserve.Config(keep_alive_timeout=5.0)
-    async with open_connection(handler, config) as stream:
-        reader = ResponseReader(stream)
-        await stream.send_all(post)
-        assert (await reader.receive_response()).status == 200
-        await trio.sleep(4.999)
-        await stream.send_all(post)  # delivered at 4.999 s
-        autojump_clock.jump(0.01)  # the server's task is scheduled at 5.009 s
-        rest = await receive_all(stream)
-    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest

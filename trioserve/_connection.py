@@ -19,13 +19,11 @@ Rules for this module:
    writing               write_timeout without progress              abort
    ====================  ==========================================  ===============
 
-   The header deadline of a first request runs from the end of the handshake on TLS
-   connections. The PROXY header and the handshake (``_opening``) count as idle for
-   shutdown and eviction: nothing has been asked yet.
-   The handler itself has no deadline: it is the application's business.
-   A connection whose idle wait brought only empty lines (a stray CRLF, which RFC
-   9112 2.2 says to ignore) is still idle: same deadline, and still closed at once
-   on shutdown.
+   Over TLS the first request's deadlines run from the end of the handshake. The
+   PROXY header and handshake (``_opening``) are idle for shutdown and eviction. So
+   are empty lines (RFC 9112 2.2). A request whose bytes were in hand when an idle
+   wait ended (deadline, shutdown, eviction) is served: it came by then, and its
+   client cannot tell. The handler itself has no deadline: it is the application's.
    The phases of the connection task share one cancel scope whose deadline is moved
    from phase to phase (a new scope per read or write costs three times as much);
    ``self._phase`` says, when the scope fires, which deadline it was. Body reads,
@@ -105,13 +103,15 @@ class HTTPConnection:
     __slots__ = (
         "_continue_sending",
         "_current",
+        "_deadline",
         "_ends",
         "_evicted",
-        "_first",
         "_handler",
+        "_late",
         "_nursery",
         "_owed",
         "_phase",
+        "_served",
         "_tls",
         "_tracker",
         "_trust",
@@ -153,8 +153,11 @@ class HTTPConnection:
         self._tls: TLSInfo | None = None
         self._current: Exchange | None = None
         self._evicted = False
+        self._served = 0  # requests whose head was received
+        # A request came as the idle wait was cancelled: go on in a fresh scope.
+        self._late = False
+        self._deadline = _INF  # the deadline of that wait
         self._phase = _IDLE
-        self._first = True
         # Adapters whose applications learn of a vanished client their own way (ASGI's
         # http.disconnect) set ``watch_disconnect = False`` on the handler: the watcher
         # is then started only when someone calls Request.wait_disconnected().
@@ -182,10 +185,14 @@ class HTTPConnection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    with trio.CancelScope() as self.scope:
-                        graceful = await self._serve_requests()
-                    if self.scope.cancelled_caught:
-                        graceful = await self._scope_fired()
+                    while True:
+                        with trio.CancelScope() as self.scope:
+                            graceful = await self._serve_requests()
+                        if self.scope.cancelled_caught:
+                            graceful = await self._scope_fired()
+                        elif self._late:
+                            continue  # a request came as the idle wait ended: serve it
+                        break
                 except Abort:
                     aborted = True
                 except Exception:
@@ -220,16 +227,8 @@ class HTTPConnection:
         if current is not None and current.gone:
             current.count_client_gone()
             raise Abort
-        if phase is Phase.PROXY_HEADER or phase is Phase.HANDSHAKE:
-            if not (self._tracker.shutting_down or self._evicted):
-                if phase is Phase.HANDSHAKE:
-                    self.counters.handshake_timeouts += 1
-                else:
-                    self.counters.proxy_header_errors += 1
-            return False
-        if phase == _IDLE:
-            # Idle too long (shutdown and eviction are seen before this can happen).
-            self._count_idle_timeout()
+        if phase is _IDLE or phase is Phase.HANDSHAKE or phase is Phase.PROXY_HEADER:
+            self._count_idle_timeout()  # or closed for a shutdown or an eviction
             return False
         if phase == _HEAD:
             self.counters.count_refusal(408)
@@ -250,17 +249,20 @@ class HTTPConnection:
         """The request loop. Returns True if a response was sent before the close."""
         config = self.config
         proto = self.proto
-        if isinstance(self.stream, trio.SSLStream) or (
-            config.proxy_protocol and self._ends.trusted
-        ):
-            closing = await self._open()
-            if closing is not None:
-                return closing
-        deadline = trio.current_time() + config.header_timeout
-        served = 0
+        if self._late:  # in a fresh scope, with the bytes in hand: no idle wait
+            self._late = False
+            deadline = self.scope.deadline = self._deadline
+        else:
+            if isinstance(self.stream, trio.SSLStream) or (
+                config.proxy_protocol and self._ends.trusted
+            ):
+                closing = await self._open()
+                if closing is not None:
+                    return closing
+            deadline = trio.current_time() + config.header_timeout
         while True:
             try:
-                head = await self._receive_head(deadline, first=served == 0)
+                head = await self._receive_head(deadline, first=self._served == 0)
             except HTTPError as exc:
                 await self._send_error(exc.status_code)
                 if access_logger.isEnabledFor(logging.INFO):
@@ -268,8 +270,9 @@ class HTTPConnection:
                 return True
             if head is None:
                 return False
-            served += 1
-            last = served >= config.max_requests_per_connection
+            self._served += 1
+            # An evicted connection whose request came as it was closed: this one only.
+            last = self._served >= config.max_requests_per_connection or self._evicted
             if not await self._exchange(head, last=last):
                 return True
             if not proto.start_next_cycle():
@@ -279,12 +282,8 @@ class HTTPConnection:
     # --- Opening: the PROXY header and the TLS handshake ------------------------------
 
     async def _open(self) -> bool | None:
-        """What comes before the first request, under deadlines counted from accept.
-
-        Returns None to go on serving; True once a client that spoke plain HTTP to
-        the TLS port was answered (close gracefully); False to close quietly. A
-        deadline, a shutdown or an eviction ends it in ``_scope_fired``.
-        """
+        """The PROXY header and TLS handshake, under deadlines counted from accept.
+        None: go on; True: a plain-HTTP client was answered; False: close quietly."""
         scope = self.scope
         config = self.config
         ends = self._ends
@@ -326,7 +325,7 @@ class HTTPConnection:
             head = proto.next_request()
             if head is HEAD_INCOMPLETE:
                 if not proto.has_partial_request:
-                    if not await self._receive_first_bytes(idle_deadline, first=first):
+                    if not await self._receive_first_bytes(idle_deadline):
                         return None
                     head = proto.next_request()
                 # The head deadline runs from accept for a first request (the idle
@@ -354,7 +353,7 @@ class HTTPConnection:
         assert isinstance(head, RequestHead)
         return head
 
-    async def _receive_first_bytes(self, deadline: float, *, first: bool) -> bool:
+    async def _receive_first_bytes(self, deadline: float) -> bool:
         """Wait, idle, for the first bytes of a request. False: close quietly.
 
         The wait is registered with the tracker, which cancels the connection scope to
@@ -367,7 +366,6 @@ class HTTPConnection:
         tracker = self._tracker
         scope = self.scope
         self._phase = _IDLE
-        self._first = first
         scope.deadline = deadline
         proto = self.proto
         tracker.enter_idle(scope)
@@ -381,20 +379,29 @@ class HTTPConnection:
         finally:
             self._evicted = tracker.leave_idle(scope)
         if scope.cancel_called:
-            # Evicted, shut down, or timed out just as bytes came: the close won the
-            # race, and the bytes are dropped as if it had come first.
-            if not self._evicted:
+            if data:
+                # Evicted, shut down or timed out as the bytes came: they came by
+                # then, and a client cannot tell they were late (no FIN went out).
+                # Served, in a fresh scope (this one stays cancelled); see serve().
+                self._late = True
+                self._deadline = deadline
+            elif not self._evicted:
                 self._count_idle_timeout()
             return False
         return bool(data)
 
     def _count_idle_timeout(self) -> None:
+        counters = self.counters
         if self._tracker.shutting_down or self._evicted:
             return
-        if self._first:
-            self.counters.header_timeouts += 1
+        if self._phase is Phase.HANDSHAKE:
+            counters.handshake_timeouts += 1
+        elif self._phase is Phase.PROXY_HEADER:
+            counters.proxy_header_errors += 1
+        elif self._served == 0:
+            counters.header_timeouts += 1
         else:
-            self.counters.keep_alive_timeouts += 1
+            counters.keep_alive_timeouts += 1
 
     # --- One request/response exchange ---------------------------------------------------
 
