@@ -31,6 +31,9 @@ _Address = tuple[_IPAddress, int]  # a parsed node: address and port (0 if none 
 _MAX_ENTRIES = 100
 _MAX_LENGTH = 8 * 1024
 
+#: Addresses whose trust is remembered (then forgotten all at once).
+_KNOWN_ADDRESSES = 1024
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _X_NAMES = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")
 _NAMES = frozenset((b"forwarded", *_X_NAMES))
@@ -85,7 +88,7 @@ class TrustedPeers:
         ValueError: an entry is none of the above; the message names it.
     """
 
-    __slots__ = ("_everyone", "_networks", "_unix")
+    __slots__ = ("_everyone", "_known", "_networks", "_unix")
 
     def __init__(self, entries: Iterable[str]) -> None:
         networks: list[_IPNetwork] = []
@@ -101,6 +104,9 @@ class TrustedPeers:
             elif entry:
                 networks.append(_parse_network(entry))
         self._networks = tuple(dict.fromkeys(networks))
+        # Addresses already judged: a server sees the same few proxies again and again,
+        # and parsing one costs more than the rest of a connection's setup.
+        self._known: dict[str, bool] = {}
 
     def trusts_peer(self, client: tuple[str, int] | None, *, unix: bool) -> bool:
         """Whether the socket peer is a trusted proxy.
@@ -119,8 +125,14 @@ class TrustedPeers:
         """Whether ``host``, IPv4 or IPv6 text, is a trusted proxy; other text only by ``"*"``."""
         if self._everyone:
             return True
-        address = _parse_ip(host, version=4) or _parse_ip(host, version=6)
-        return address is not None and self._trusts_ip(address)
+        known = self._known.get(host)
+        if known is None:
+            address = _parse_ip(host, version=4) or _parse_ip(host, version=6)
+            known = address is not None and self._trusts_ip(address)
+            if len(self._known) >= _KNOWN_ADDRESSES:
+                self._known.clear()  # many clients: keep it bounded
+            self._known[host] = known
+        return known
 
     def _trusts_ip(self, address: _IPAddress) -> bool:
         mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
