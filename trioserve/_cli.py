@@ -16,13 +16,15 @@ Rules for this module:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.metadata
 import math
+import os
 import platform
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, cast
 
@@ -39,12 +41,15 @@ from ._cli_app import (
 )
 from ._cli_config import add_config_flags, config_from, format_number
 from ._cli_listen import Listening, add_listen_flags, listening_from
+from ._cli_workers import add_worker_flags, supervise, worker_settings_from
 from ._config import Config
 from ._handler import Handler
 from ._logging import StderrHandler, configure_logging, error_logger
 from ._run import EXIT_INTERRUPTED, run
-from ._server import Lifespan
+from ._server import Lifespan, Server
+from ._supervisor import WorkerSettings
 from ._version import __version__
+from ._worker import WorkerPlan, report_to_supervisor
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -83,6 +88,8 @@ class Options:
     factory: bool
     interface: InterfaceChoice
     listening: Listening
+    workers: WorkerSettings | None
+    worker: WorkerPlan | None
     app_dir: str
     root_path: str | None
     lifespan: LifespanChoice | None
@@ -106,7 +113,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         130 when interrupted before serving.
     """
     options = parse_args(argv, prog=prog)
-    configure_logging(options.log_level, access_log=options.access_log)
+    process = f"worker {os.getpid()}" if options.worker else None
+    if options.workers is not None:
+        process = "supervisor"
+    configure_logging(options.log_level, access_log=options.access_log, process=process)
+    if options.workers is not None:
+        # Workers import the application; a supervisor never does.
+        args = sys.argv[1:] if argv is None else list(argv)
+        backlog = options.config.backlog
+        return supervise(args, options.listening, options.workers, backlog=backlog)
     try:
         app = load_app(options.app, factory=options.factory, app_dir=options.app_dir)
         interface, reason = choose_interface(app, options.interface, options.app)
@@ -133,7 +148,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         uds_permissions=listening.uds_permissions,
         listeners=listening.listeners,
         reload_tls=listening.reload_tls,
+        while_serving=_reporter(options.worker),
+        announce=options.worker is None,
     )
+
+
+def _reporter(worker: WorkerPlan | None) -> Callable[[Server], Awaitable[None]] | None:
+    """A worker tells its supervisor that it serves, and that it is alive."""
+    if worker is None:
+        return None
+    return functools.partial(_report_to_supervisor, worker)
+
+
+async def _report_to_supervisor(worker: WorkerPlan, server: Server) -> None:
+    await report_to_supervisor(server, worker)
 
 
 # --- The command line -------------------------------------------------------------------
@@ -231,6 +259,7 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
         "--no-access-log", dest="access_log", action="store_false", help="no access log"
     )
 
+    add_worker_flags(parser)
     add_config_flags(parser)
     return parser
 
@@ -246,10 +275,19 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
     namespace = parser.parse_args(argv)
     try:
         config = config_from(namespace)
+        worker = WorkerPlan.parse()
     except (TypeError, ValueError) as exc:  # each flag was checked alone: a combination
         parser.error(str(exc))
     try:
-        listening = listening_from(namespace)
+        listening = listening_from(namespace, worker)
+        workers = None
+        if worker is None:  # a worker serves; its supervisor supervises
+            workers = worker_settings_from(
+                namespace,
+                listening,
+                app_dir=str(namespace.app_dir),
+                shutdown=config.shutdown_timeout,
+            )
     except CLIError as exc:
         if exc.status == USAGE_ERROR:
             parser.error(str(exc))
@@ -260,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
         factory=bool(namespace.factory),
         interface=cast(InterfaceChoice, namespace.interface),
         listening=listening,
+        workers=workers,
+        worker=worker,
         app_dir=str(namespace.app_dir),
         root_path=cast("str | None", namespace.root_path),
         lifespan=cast("LifespanChoice | None", namespace.lifespan),

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import trio
 
 from ._cli_app import USAGE_ERROR, CLIError
-from ._listeners import fd_listener, systemd_listeners
+from ._listeners import fd_listener, open_reuse_port_sockets, systemd_listeners
 from ._tls import TLSConfigError, create_ssl_context, parse_cert_reqs, reload_certificates
+from ._worker import WorkerPlan
 
 __all__ = ["Listening", "add_listen_flags", "listening_from"]
 
@@ -128,8 +129,11 @@ def add_listen_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def listening_from(namespace: argparse.Namespace) -> Listening:
+def listening_from(namespace: argparse.Namespace, worker: WorkerPlan | None = None) -> Listening:
     """Check the listening and TLS flags, and open what they name.
+
+    A ``worker`` serves the sockets its supervisor passed (and, with ``--reuse-port``,
+    binds its own beside its siblings) instead of what the flags name.
 
     Raises:
         CLIError: one line: a TLS file that cannot be used (status 1), a descriptor
@@ -143,6 +147,8 @@ def listening_from(namespace: argparse.Namespace) -> Listening:
     if namespace.uds_permissions is not None and uds is None:
         raise CLIError("--uds-permissions applies to --uds", status=USAGE_ERROR)
     context, reload_tls = _tls_from(namespace)
+    if worker is not None:
+        return _worker_listening(worker, context, reload_tls)
     listeners: list[trio.SocketListener] = []
     try:
         for fd in fds:
@@ -164,6 +170,25 @@ def listening_from(namespace: argparse.Namespace) -> Listening:
         port=(port if port is not None else DEFAULT_PORT) if tcp else None,
         uds=uds,
         uds_permissions=namespace.uds_permissions,
+        listeners=tuple(listeners),
+        ssl_context=context,
+        reload_tls=reload_tls,
+    )
+
+
+def _worker_listening(
+    worker: WorkerPlan, context: ssl.SSLContext | None, reload_tls: _Reload | None
+) -> Listening:
+    listeners = [fd_listener(fd) for fd in worker.fds]
+    if worker.reuse_port is not None:
+        host, port = worker.reuse_port
+        for sock in open_reuse_port_sockets(host or None, port):
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    return Listening(
+        host=None,
+        port=None,
+        uds=None,
+        uds_permissions=None,
         listeners=tuple(listeners),
         ssl_context=context,
         reload_tls=reload_tls,

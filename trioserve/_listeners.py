@@ -29,6 +29,7 @@ __all__ = [
     "UnixSocketListener",
     "describe_listener",
     "fd_listener",
+    "open_reuse_port_sockets",
     "open_unix_listener",
     "systemd_listeners",
 ]
@@ -316,3 +317,46 @@ def describe_listener(listener: trio.abc.Listener[trio.abc.Stream]) -> str:
             return "unix:@" + name[1:].decode(errors="backslashreplace")
         return f"unix:{name}"
     return f"<listener {sock.family.name} {name!r}>"
+
+
+def open_reuse_port_sockets(
+    host: str | None, port: int, *, backlog: int = 2048, listen: bool = True
+) -> list[stdlib_socket.socket]:
+    """TCP sockets on ``host``:``port`` with SO_REUSEPORT, one per address ``host``
+    resolves to (``None``: every interface); each joins the kernel's group for that
+    address, which spreads new connections over the group's listening sockets by a
+    hash of the client's address and port.
+
+    With ``listen=False`` the sockets are bound but not listening: they hold the port
+    (``port`` 0 picks a free one) for the group and get no connection. Blocking calls
+    (a name lookup, bind): for startup, before or outside the event loop.
+
+    Raises:
+        ListenerError: SO_REUSEPORT is not supported here.
+        OSError: the address cannot be bound (as for ``trio.open_tcp_listeners``).
+    """
+    reuse_port: int | None = getattr(stdlib_socket, "SO_REUSEPORT", None)
+    if reuse_port is None:
+        raise ListenerError("--reuse-port needs SO_REUSEPORT, which this system lacks")
+    addresses = stdlib_socket.getaddrinfo(
+        host, port, type=stdlib_socket.SOCK_STREAM, flags=stdlib_socket.AI_PASSIVE
+    )
+    sockets: list[stdlib_socket.socket] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = stdlib_socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, reuse_port, 1)
+            if family == stdlib_socket.AF_INET6:
+                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]  # port 0: the first bind picked one for all
+            if listen:
+                sock.listen(backlog)
+                sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -83,7 +83,9 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     setup replaces it instead of adding another."""
 
 
-def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
+def configure_logging(
+    level: str = "info", *, access_log: bool = True, process: str | None = None
+) -> None:
     """Send ``trioserve.error`` (at ``level``) and ``trioserve.access`` to stderr.
 
     The setup of the command line and of :func:`trioserve.run`, on these two loggers
@@ -97,10 +99,13 @@ def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
             for ``trioserve.error``.
         access_log: log one line per response; when false, ``trioserve.access`` is
             silenced.
+        process: a name for this process, put before each error line (``worker
+            1234``, ``supervisor``), where several processes share the stderr.
     """
     error_handler = StderrHandler(sys.stderr)
+    tag = f"[{process}] " if process else ""
     error_handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+        logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(message)s", "%Y-%m-%d %H:%M:%S")
     )
     access_handler = StderrHandler(sys.stderr)
     access_handler.setFormatter(logging.Formatter("%(message)s"))

@@ -21,7 +21,7 @@ import socket
 import ssl
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, NamedTuple
 
 import trio
@@ -36,7 +36,15 @@ from ._server import Lifespan, Server, serve
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "describe_exception", "run"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "announce_urls",
+    "describe_exception",
+    "listen_error_line",
+    "run",
+]
 
 
 #: Exit statuses of :func:`run` (and of the command line).
@@ -59,6 +67,8 @@ def run(
     uds_permissions: int | None = None,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     reload_tls: Callable[[], None] | None = None,
+    while_serving: Callable[[Server], Awaitable[object]] | None = None,
+    announce: bool = True,
 ) -> int:
     """Serve ``handler`` in this process until SIGINT or SIGTERM; return an exit status.
 
@@ -91,6 +101,11 @@ def run(
         reload_tls: called on SIGHUP to load the certificate again (see
             :func:`trioserve.reload_certificates`); its failure is logged and the
             old certificate stays.
+        while_serving: an async function of the :class:`Server`, run as a task once
+            serving and cancelled when the server has finished (a worker's talk with
+            its supervisor).
+        announce: print the ``Serving on`` lines (a worker leaves them to its
+            supervisor).
 
     Returns:
         0 (:data:`EXIT_OK`) after a clean graceful shutdown; 1 (:data:`EXIT_FAILURE`)
@@ -113,16 +128,12 @@ def run(
                 handler,
                 _Serving(port, host, config, lifespan, ssl_context, uds, uds_permissions),
                 listeners,
-                reload_tls,
+                _Tasks(reload_tls, while_serving, announce),
                 served,
             )
         )
     except _ListenError as exc:
-        if isinstance(exc.error, ListenerError):  # a Unix socket: its own words
-            _report(str(exc.error), exc)
-        else:
-            where = _where(host, port or 0)
-            _report(f"cannot listen on {where}: {_listen_reason(exc.error, port or 0)}", exc)
+        _report(listen_error_line(exc.error, host, port or 0), exc)
         return EXIT_FAILURE
     except StartupError as exc:
         _report(_startup_message(exc), exc)
@@ -161,11 +172,19 @@ class _Serving(NamedTuple):
     uds_permissions: int | None
 
 
+class _Tasks(NamedTuple):
+    """What run() does beside serving."""
+
+    reload_tls: Callable[[], None] | None
+    while_serving: Callable[[Server], Awaitable[object]] | None
+    announce: bool
+
+
 async def _serve_and_report(
     handler: Handler,
     serving: _Serving,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
-    reload_tls: Callable[[], None] | None,
+    tasks: _Tasks,
     served: list[Server],
 ) -> Server:
     failure: _ListenError | StartupError | None = None
@@ -206,10 +225,13 @@ async def _serve_and_report(
         else:
             served.append(server)
             # serve() installed its signal handlers before reporting the server.
-            for url in server.urls:
-                print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
-            if reload_tls is not None:
-                nursery.start_soon(_reload_tls_on_sighup, server, reload_tls)
+            if tasks.announce:
+                announce_urls(server.urls)
+            if tasks.reload_tls is not None:
+                reload = functools.partial(_reload_tls_on_sighup, tasks.reload_tls)
+                nursery.start_soon(_until_finished, server, reload)
+            if tasks.while_serving is not None:
+                nursery.start_soon(_until_finished, server, tasks.while_serving)
     # Raised here, outside the nursery, so that it is not wrapped in an exception group.
     if failure is not None:
         raise failure
@@ -217,19 +239,31 @@ async def _serve_and_report(
     return server
 
 
-async def _reload_tls_on_sighup(server: Server, reload_tls: Callable[[], None]) -> None:
+def announce_urls(urls: Sequence[str]) -> None:
+    """``Serving on URL (press CTRL+C to quit)`` on stderr, one line per URL."""
+    for url in urls:
+        print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
+
+
+async def _until_finished(server: Server, task: Callable[[Server], Awaitable[object]]) -> None:
+    """Run ``task(server)`` until it returns or the server has finished."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_finished, server, nursery.cancel_scope)
+        await task(server)
+        nursery.cancel_scope.cancel()
+
+
+async def _reload_tls_on_sighup(reload_tls: Callable[[], None], server: Server) -> None:
     """On SIGHUP, load the certificate and key again: new handshakes get them, open
-    connections keep theirs. Runs until the server has finished."""
+    connections keep theirs."""
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when_finished, server, nursery.cancel_scope)
-            async for _ in signals:
-                try:
-                    reload_tls()
-                except ValueError as exc:  # TLSConfigError: one line
-                    error_logger.error("SIGHUP: certificate not reloaded: %s", exc)
-                else:
-                    error_logger.info("SIGHUP: certificate reloaded")
+        async for _ in signals:
+            try:
+                reload_tls()
+            except ValueError as exc:  # TLSConfigError: one line
+                error_logger.error("SIGHUP: certificate not reloaded: %s", exc)
+            else:
+                error_logger.info("SIGHUP: certificate reloaded")
 
 
 async def _cancel_when_finished(server: Server, scope: trio.CancelScope) -> None:
@@ -275,6 +309,13 @@ def _startup_message(exc: StartupError) -> str:
     if cause is None:
         return str(exc)  # the application's own words (an ASGI lifespan failure)
     return f"startup failed: {describe_exception(cause)}"
+
+
+def listen_error_line(error: OSError, host: str | None, port: int) -> str:
+    """One line for a listener that cannot be opened on ``host``:``port``."""
+    if isinstance(error, ListenerError):  # a Unix socket or a descriptor: its own words
+        return str(error)
+    return f"cannot listen on {_where(host, port)}: {_listen_reason(error, port)}"
 
 
 def _where(host: str | None, port: int) -> str:
