@@ -89,7 +89,17 @@ CASES: list[tuple[str, list[tuple[str, str]], Forwarded]] = [
     ("xff-non-ascii", [("x-forwarded-for", "1.2.3.\u0664")], same()),
     # Garbage left of the stopping point is the client's own business.
     ("xff-garbage-left", [("x-forwarded-for", "garbage, , 1.2.3.4")], same(("1.2.3.4", 0))),
-    ("xff-too-many-entries", [("x-forwarded-for", ", ".join(["1.2.3.4"] * 101))], same()),
+    # Too long: the rightmost entries are walked (our proxy's is there), never none.
+    (
+        "xff-too-many-entries",
+        [("x-forwarded-for", ", ".join(["6.6.6.6"] * 200 + ["1.2.3.4"]))],
+        same(("1.2.3.4", 0)),
+    ),
+    (
+        "xff-too-long",
+        [("x-forwarded-for", "6" * 9000 + ", 10.0.0.2, 1.2.3.4, 10.0.0.3")],
+        same(("1.2.3.4", 0)),
+    ),
     ("xff-too-long", [("x-forwarded-for", " " * 8200 + "1.2.3.4")], same()),
     ("xff-100-entries", [("x-forwarded-for", ", ".join(["1.2.3.4"] * 100))], same(("1.2.3.4", 0))),
     # --- X-Forwarded-Proto ------------------------------------------------------------
@@ -235,8 +245,9 @@ CASES: list[tuple[str, list[tuple[str, str]], Forwarded]] = [
         [("forwarded", "for=6.6.6.6, proto=https")],
         same(PEER, "https"),
     ),
-    ("fwd-too-many-elements", [("forwarded", ", ".join(["for=1.2.3.4"] * 101))], same()),
-    ("fwd-too-long", [("forwarded", "for=1.2.3.4;x=" + "y" * 8200)], same()),
+    # Too long to parse: the client is unknown, never the proxy itself.
+    ("fwd-too-many-elements", [("forwarded", ", ".join(["for=1.2.3.4"] * 101))], same(None)),
+    ("fwd-too-long", [("forwarded", "for=1.2.3.4;x=" + "y" * 8200)], same(None)),
     # --- Forwarded and X-Forwarded-* together -----------------------------------------
     (
         "mixed-agree-on-everything",

@@ -12,9 +12,10 @@ import trio
 import trio.testing
 
 import trioserve
-from trioserve.testing import ResponseReader, open_connection, receive_all
+from trioserve.testing import MemoryListener, ResponseReader, open_connection, receive_all
 
 POST = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+GET_PATH = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 async def echo(request: trioserve.Request) -> trioserve.Response:
@@ -89,3 +90,51 @@ async def test_a_request_in_hand_when_shutdown_begins_is_served_with_close(
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nconnection: close\r\n" in sent.lower()
     assert sent.endswith(b"\r\n\r\nhi")
+
+
+async def test_an_evicted_connection_serving_a_late_request_is_not_counted_as_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """max_connections=2: A is evicted for a new client C just as A's next request
+    comes (A serves it, then closes). B then goes idle: B is evicted for C, instead of
+    C waiting for A's handler."""
+    release_a = trio.Event()
+    release_b = trio.Event()
+
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        if request.path == "/a-slow":
+            await release_a.wait()
+        if request.path == "/b":
+            await release_b.wait()
+        return trioserve.Response(200, body=b"ok")
+
+    server = trioserve.Server(handler, trioserve.Config(max_connections=2))
+    listener = MemoryListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+        # A: one request, then idle.
+        a = await listener.connect()
+        ra = ResponseReader(a)
+        await a.send_all(GET_PATH % b"a")
+        assert (await ra.receive_response()).status == 200
+        # B: busy in its handler.
+        b = await listener.connect()
+        rb = ResponseReader(b)
+        await b.send_all(GET_PATH % b"b")
+        await trio.testing.wait_all_tasks_blocked()
+        # A's next request arrives as the accept loop evicts A for C (same tick).
+        await a.send_all(GET_PATH % b"a-slow")  # PipeStream: data now in A's buffer
+        server._tracker.evict_oldest_idle()
+        c = await listener.connect()
+        await trio.testing.wait_all_tasks_blocked()
+        # B finishes and idles: there is room to make for C now.
+        release_b.set()
+        assert (await rb.receive_response()).status == 200
+        rc = ResponseReader(c)
+        await c.send_all(GET_PATH % b"c")
+        with trio.move_on_after(5) as waited:
+            reply = await rc.receive_response()
+        release_a.set()
+        assert not waited.cancelled_caught, "C still waits 5 s later while B idles"
+        assert reply.status == 200
+        nursery.cancel_scope.cancel()

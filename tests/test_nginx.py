@@ -235,7 +235,16 @@ def http_client(
 
 # Both headers forged by the client: nginx replaces X-Forwarded-Proto and appends the
 # client's address to X-Forwarded-For, so trioserve must take the address nginx added.
-FORGED = {"x-forwarded-for": "6.6.6.6", "x-forwarded-proto": "http"}
+#: What a client forges: every forwarding header trioserve believes from nginx. The
+#: config sets or clears each, so none of them gets through (a Forwarded that did
+#: would make the client unknown; a forged host would be the Host handlers see).
+FORGED = {
+    "x-forwarded-for": "6.6.6.6",
+    "x-forwarded-proto": "http",
+    "x-forwarded-host": "evil.example",
+    "x-forwarded-port": "4444",
+    "forwarded": "for=6.6.6.6;proto=http;host=evil.example",
+}
 
 
 async def test_over_tcp_the_app_sees_the_client_and_scheme_nginx_saw(tmp_path: Path) -> None:
@@ -250,7 +259,9 @@ async def test_over_tcp_the_app_sees_the_client_and_scheme_nginx_saw(tmp_path: P
             async with http_client(nginx, ca=ca, local_address="127.0.0.2") as client:
                 response = await client.get("/seen", headers=FORGED)
     assert response.status_code == 200
-    assert response.json() == {"client": ["127.0.0.2", 0], "scheme": "https", "host": "127.0.0.1"}
+    # The host the client asked nginx for, with nginx's port (X-Forwarded-Port).
+    host = f"127.0.0.1:{nginx.port}"
+    assert response.json() == {"client": ["127.0.0.2", 0], "scheme": "https", "host": host}
 
 
 @pytest.mark.parametrize(
@@ -271,8 +282,10 @@ async def test_over_a_unix_socket_the_client_is_believed_only_with_unix_trusted(
                 response = await http.get("/seen", headers=forged)
     assert response.status_code == 200
     # Trusted, the X-Forwarded-For entry nginx added is the client (127.0.0.1 is not a
-    # trusted proxy here: only "unix" is); untrusted, a Unix peer has no address.
-    assert response.json() == {"client": client, "scheme": "http", "host": "127.0.0.1"}
+    # trusted proxy here: only "unix" is), and the host nginx was asked for, with its
+    # port; untrusted, a Unix peer has no address and Host is nginx's $host.
+    host = f"127.0.0.1:{nginx.port}" if client is not None else "127.0.0.1"
+    assert response.json() == {"client": client, "scheme": "http", "host": host}
 
 
 async def test_upstream_connections_are_kept_alive_and_large_bodies_pass_intact(

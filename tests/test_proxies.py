@@ -134,7 +134,7 @@ async def serving(
                 functools.partial(
                     trioserve.serve,
                     handler,
-                    0,
+                    0 if uds is None else None,  # a port with uds would serve both
                     host="127.0.0.1",
                     config=config,
                     lifespan=lifespan,
@@ -341,7 +341,11 @@ SPOOFING: list[tuple[str, tuple[bytes, ...], Seen]] = [
     ("empty-xff", (b"X-Forwarded-For: ",), {}),
     ("scope-id", (b"X-Forwarded-For: fe80::1%eth0",), {}),
     ("obs-text", (b"X-Forwarded-For: \xff\xfe1.2.3.4",), {}),
-    ("too-many-entries", (b"X-Forwarded-For: " + b", ".join([b"203.0.113.9"] * 150),), {}),
+    (
+        "too-many-entries",
+        (b"X-Forwarded-For: " + b", ".join([b"6.6.6.6"] * 150 + [b"203.0.113.9"]),),
+        {"client": ("203.0.113.9", 0)},
+    ),
     ("unclosed-quote", (b'Forwarded: for="203.0.113.9',), {}),
     ("parameter-twice", (b"Forwarded: for=203.0.113.9;for=6.6.6.6",), {}),
     ("unknown-scheme", (b"X-Forwarded-Proto: gopher",), {}),
@@ -477,7 +481,14 @@ PROXIED: list[tuple[str, bytes, tuple[bytes, ...], Changes, Seen]] = [
         {"client": ("2001:db8::7", 4711), "server": ("2001:db8::1", 443)},
     ),
     ("v2-local-keeps-the-socket", V2_LOCAL, (), {}, {}),
-    ("v1-unknown-keeps-the-socket", b"PROXY UNKNOWN\r\n", (), {}, {}),
+    # UNKNOWN: the balancer cannot say who the client is, and nobody else may.
+    (
+        "v1-unknown-is-an-unknown-client",
+        b"PROXY UNKNOWN\r\n",
+        (b"X-Forwarded-For: 203.0.113.9", b"X-Forwarded-Proto: https"),
+        {},
+        {"client": None, "server": None},
+    ),
     (
         "xff-ignored-from-an-untrusted-source",
         V1,

@@ -31,6 +31,7 @@ V2_TCP6 = v2(
 )
 TCP4_INFO = ProxyInfo(client=("192.0.2.1", 56324), server=("198.51.100.7", 443))
 NO_INFO = ProxyInfo(client=None, server=None)
+LOCAL_INFO = ProxyInfo(client=None, server=None, local=True)
 
 
 Pair = tuple[trio.SocketStream, trio.socket.SocketType]
@@ -68,9 +69,9 @@ async def send(sock: trio.socket.SocketType, data: bytes) -> None:
             ProxyInfo(client=("2001:db8::1", 1), server=("2001:db8::2", 65535)),
             id="v2-tcp6",
         ),
-        pytest.param(v2(0x0, 0x00, b""), NO_INFO, id="v2-local"),
+        pytest.param(v2(0x0, 0x00, b""), LOCAL_INFO, id="v2-local"),
         # LOCAL: addresses and family are discarded, but the block is consumed.
-        pytest.param(v2(0x0, 0x11, V2_TCP4[16:]), NO_INFO, id="v2-local-with-block"),
+        pytest.param(v2(0x0, 0x11, V2_TCP4[16:]), LOCAL_INFO, id="v2-local-with-block"),
         pytest.param(v2(0x1, 0x00, b""), NO_INFO, id="v2-unspec"),
         pytest.param(v2(0x1, 0x31, b"/src".ljust(108, b"\0") * 2), NO_INFO, id="v2-unix"),
         # TLVs after the addresses: skipped, however long (here past the 107-byte peek).

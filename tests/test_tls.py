@@ -893,3 +893,31 @@ async def test_cli_sighup_reloads_the_certificate(pki: PKI, tmp_path: Path) -> N
         assert old.getpeercert(binary_form=True) == first_der
         await old.aclose()
     assert b"Traceback" not in child.stderr
+
+
+async def test_cli_sighup_replaces_an_rsa_certificate_by_an_ecdsa_one(tmp_path: Path) -> None:
+    """certbot 2 renews with an ECDSA key by default. Loaded into the live context in
+    place, the new certificate would sit beside the old RSA one (OpenSSL keeps one per
+    key type), and clients that only speak RSA would keep getting the old one."""
+    ca = trustme.CA()
+    rsa = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.RSA)
+    ecdsa = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
+    pem = tmp_path / "fullchain-and-key.pem"
+    rsa.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    rsa_only = ssl.create_default_context()
+    ca.configure_trust(rsa_only)
+    rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    anyone = ssl.create_default_context()
+    ca.configure_trust(anyone)
+    async with serving_https("--ssl-certfile", pem) as child:
+        _, der = await get_over_tls(child, rsa_only)
+        assert der == der_of(rsa.cert_chain_pems[0].bytes())
+        (tmp_path / "next.pem").write_bytes(ecdsa.private_key_and_cert_chain_pem.bytes())
+        os.replace(tmp_path / "next.pem", pem)
+        child.process.send_signal(signal.SIGHUP)
+        await child.wait_for(rb"SIGHUP: certificate reloaded")
+        _, der = await get_over_tls(child, anyone)
+        assert der == der_of(ecdsa.cert_chain_pems[0].bytes())
+        with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
+            await get_over_tls(child, rsa_only)  # no RSA certificate is left to offer

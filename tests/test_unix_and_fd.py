@@ -379,6 +379,8 @@ def free_port() -> int:
 async def test_socket_activation_by_systemd_socket_activate() -> None:
     tool = shutil.which("systemd-socket-activate")
     if tool is None:
+        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure
+            pytest.fail("systemd-socket-activate is not installed")
         pytest.skip("systemd-socket-activate is not installed")
     env = without_systemd(os.environ)
     for _ in range(5):  # a free port may be taken before the tool binds it: try another
@@ -446,3 +448,28 @@ async def test_socket_activation_emulated(short_dir: Path) -> None:
     assert over_tcp["environ"] == {"LISTEN_FDS": None, "LISTEN_PID": None}
     assert over_unix["client"] is None
     assert b"127.0.0.1:8000" not in child.stderr  # systemd's sockets replace the default
+
+
+async def test_a_port_with_uds_serves_both(short_dir: Path) -> None:
+    """``serve(handler, 0, uds=path)``: a port named with a Unix socket is served too
+    (without a port, the Unix socket alone, as in the tests above)."""
+    path = short_dir / "both.sock"
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            server: trioserve.Server = await nursery.start(
+                functools.partial(trioserve.serve, native_where, 0, host="127.0.0.1", uds=path)
+            )
+            assert server.urls == [f"unix:{path}", f"http://127.0.0.1:{server.ports[0]}"]
+            await server.shutdown()
+    assert not path.exists()
+
+
+def test_the_same_descriptor_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        fd = str(sock.fileno())
+        with pytest.raises(SystemExit) as info:
+            parse_args(["m:app", "--fd", fd, "--fd", fd])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("trioserve: --fd names the same descriptor twice")

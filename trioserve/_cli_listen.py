@@ -20,7 +20,7 @@ import trio
 
 from ._cli_app import USAGE_ERROR, CLIError
 from ._listeners import fd_listener, open_reuse_port_sockets, systemd_listeners
-from ._tls import TLSConfigError, create_ssl_context, parse_cert_reqs, reload_certificates
+from ._tls import TLSConfigError, create_ssl_context, parse_cert_reqs
 from ._worker import WorkerPlan
 
 __all__ = ["Listening", "add_listen_flags", "listening_from"]
@@ -53,15 +53,25 @@ class Listening:
 
 @dataclass(frozen=True, slots=True)
 class _Reload:
-    """Load the certificate chain again into the live context (on SIGHUP)."""
+    """A new context from the same files and flags, for the connections after a
+    SIGHUP (new: a key of another type would not replace the old one in place)."""
 
-    context: ssl.SSLContext
     certfile: str
     keyfile: str | None
     password: str | None
+    ca_certs: str | None
+    cert_reqs: ssl.VerifyMode
+    ciphers: str | None
 
-    def __call__(self) -> None:
-        reload_certificates(self.context, self.certfile, self.keyfile, password=self.password)
+    def __call__(self) -> ssl.SSLContext:
+        return create_ssl_context(
+            self.certfile,
+            self.keyfile,
+            password=self.password,
+            ca_certs=self.ca_certs,
+            cert_reqs=self.cert_reqs,
+            ciphers=self.ciphers,
+        )
 
 
 def add_listen_flags(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +154,8 @@ def listening_from(namespace: argparse.Namespace, worker: WorkerPlan | None = No
     port: int | None = namespace.port
     uds: str | None = namespace.uds
     fds: list[int] = namespace.fd or []
+    if len(set(fds)) != len(fds):
+        raise CLIError("--fd names the same descriptor twice", status=USAGE_ERROR)
     if namespace.uds_permissions is not None and uds is None:
         raise CLIError("--uds-permissions applies to --uds", status=USAGE_ERROR)
     context, reload_tls = _tls_from(namespace)
@@ -209,18 +221,17 @@ def _tls_from(namespace: argparse.Namespace) -> tuple[ssl.SSLContext | None, _Re
             if namespace.ssl_cert_reqs is not None
             else ssl.CERT_NONE
         )
-        context = create_ssl_context(
+        reload_tls = _Reload(
             certfile,
             namespace.ssl_keyfile,
-            password=namespace.ssl_keyfile_password,
-            ca_certs=namespace.ssl_ca_certs,
-            cert_reqs=cert_reqs,
-            ciphers=namespace.ssl_ciphers,
+            namespace.ssl_keyfile_password,
+            namespace.ssl_ca_certs,
+            cert_reqs,
+            namespace.ssl_ciphers,
         )
+        return reload_tls(), reload_tls
     except TLSConfigError as exc:
         raise CLIError(str(exc)) from exc
-    reload_tls = _Reload(context, certfile, namespace.ssl_keyfile, namespace.ssl_keyfile_password)
-    return context, reload_tls
 
 
 def _port(text: str) -> int:

@@ -107,6 +107,7 @@ class HTTPConnection:
         "_ends",
         "_evicted",
         "_handler",
+        "_last",
         "_late",
         "_nursery",
         "_owed",
@@ -154,8 +155,9 @@ class HTTPConnection:
         self._current: Exchange | None = None
         self._evicted = False
         self._served = 0  # requests whose head was received
-        # A request came as the idle wait was cancelled: go on in a fresh scope.
-        self._late = False
+        # A request came as the idle wait was cancelled: go on in a fresh scope
+        # (after it, close if that was an eviction).
+        self._late = self._last = False
         self._deadline = _INF  # the deadline of that wait
         self._phase = _IDLE
         # Adapters whose applications learn of a vanished client their own way (ASGI's
@@ -209,12 +211,8 @@ class HTTPConnection:
                 # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
                 self.counters.shutdown_cutoffs += 1
             tracker.connection_closed(evicted=self._evicted)
-            await close(
-                self.stream,
-                graceful=graceful,
-                reset=aborted or self.response_open,
-                peer_eof=self.peer_eof,
-            )
+            reset = aborted or self.response_open
+            await close(self.stream, graceful=graceful, reset=reset, peer_eof=self.peer_eof)
 
     async def _scope_fired(self) -> bool:
         """The connection scope was cancelled: act on the phase it caught us in.
@@ -271,8 +269,7 @@ class HTTPConnection:
             if head is None:
                 return False
             self._served += 1
-            # An evicted connection whose request came as it was closed: this one only.
-            last = self._served >= config.max_requests_per_connection or self._evicted
+            last = self._served >= config.max_requests_per_connection or self._last
             if not await self._exchange(head, last=last):
                 return True
             if not proto.start_next_cycle():
@@ -385,6 +382,10 @@ class HTTPConnection:
                 # Served, in a fresh scope (this one stays cancelled); see serve().
                 self._late = True
                 self._deadline = deadline
+                if self._evicted:  # busy now, not room: the accept loop may take another
+                    self._evicted = False
+                    self._last = True
+                    tracker.eviction_declined()
             elif not self._evicted:
                 self._count_idle_timeout()
             return False

@@ -214,6 +214,14 @@ def resolve(
     unchanged = Forwarded(client, scheme, None, None)
 
     rfc: Forwarded | None = unchanged
+    forwarded = fields.get(b"forwarded")
+    if forwarded is not None and (
+        len(forwarded) > _MAX_LENGTH or forwarded.count(",") >= _MAX_ENTRIES
+    ):
+        # Too long to parse, and its quoting keeps us from reading only its right
+        # end, where our proxy's element would be: the client is unknown (never the
+        # proxy itself, which is what ignoring it would make it).
+        return Forwarded(None, scheme, None, None)
     if b"forwarded" in fields:
         rfc = _from_forwarded(fields[b"forwarded"], client, scheme, trusted)
     if not any(name in fields for name in _X_NAMES):
@@ -323,7 +331,7 @@ def _result(
     if host is None:
         return Forwarded(client, scheme, None, None)
     header, server_name, port = host
-    default = _DEFAULT_PORTS[scheme]
+    default = _DEFAULT_PORTS.get(scheme, 80)
     if port is None:
         port = default
     value = header if port == default else f"{header}:{port}"
@@ -331,10 +339,15 @@ def _result(
 
 
 def _split(value: str) -> list[str]:
-    """Comma-separated entries, stripped; empty when there are too many."""
-    if len(value) > _MAX_LENGTH or value.count(",") >= _MAX_ENTRIES:
-        return []
-    return [entry.strip(" \t") for entry in value.split(",")]
+    """Comma-separated entries, stripped. Of a list too long, only the rightmost
+    entries within the bounds: our proxies append on the right, and the client's
+    part on the left is what gets cut, never the whole list (which would make the
+    request look as if it came from the proxy itself)."""
+    if len(value) <= _MAX_LENGTH and value.count(",") < _MAX_ENTRIES:
+        return [entry.strip(" \t") for entry in value.split(",")]
+    # The leftmost piece is cut mid-entry, or holds everything left of the rest.
+    entries = value[-_MAX_LENGTH:].rsplit(",", _MAX_ENTRIES)[1:]
+    return [entry.strip(" \t") for entry in entries]
 
 
 def _parse_forwarded(value: str) -> list[dict[str, str]] | None:

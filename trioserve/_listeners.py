@@ -106,8 +106,8 @@ async def open_unix_listener(
 
     Args:
         path: the socket file (at most about 107 bytes, the kernel's limit).
-        permissions: mode for the socket file, e.g. ``0o660``; applied after bind and
-            before listen, so no client connects while the umask's mode applies.
+        permissions: mode for the socket file, e.g. ``0o660``, given to it as bind
+            creates it (by the umask, for that moment), never by a chmod after.
         backlog: the kernel's queue of connections not yet accepted.
 
     Returns:
@@ -119,17 +119,23 @@ async def open_unix_listener(
     """
     path = os.fspath(path)
     await _clear_stale_socket(path)
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    raw = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    sock = trio.socket.from_stdlib_socket(raw)
     try:
+        # The file gets its mode as bind creates it, from the umask: a chmod after
+        # would follow a symlink put at the path in between, and leave a moment
+        # with the umask's mode. (Synchronous: the umask is the process's.)
+        umask = os.umask(~permissions & 0o777) if permissions is not None else None
         try:
-            await sock.bind(path)
+            raw.bind(path)
         except OSError as exc:
             raise ListenerError(
                 f"cannot bind unix socket '{path}': {exc.strerror or exc}", exc.errno
             ) from exc
+        finally:
+            if umask is not None:
+                os.umask(umask)
         try:
-            if permissions is not None:
-                os.chmod(path, permissions)
             sock.listen(backlog)
             return UnixSocketListener(sock, path)
         except BaseException:

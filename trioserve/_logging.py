@@ -41,13 +41,13 @@ access_logger = logging.getLogger("trioserve.access")
 def log_access(host: str, request: Request, status: int, size: int, duration: float) -> None:
     """One Combined Log Format line, then the duration in seconds as one more field.
 
-        ``127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] "GET / HTTP/1.1" 200 13 "-"``
-        ``"curl/8.5" 0.000412`` (one line). The first field is the client's host alone,
-        never ``host:port``: every Combined parser reads it as a host (``-`` when unknown,
-    ``unix:<path>`` for a client on a Unix socket, as nginx's ``unix:``). The duration comes
-        last, after the user agent, where nginx's ``$request_time`` and Apache's ``%D`` are
-        usually appended, so parsers that read Combined as a prefix of the line (GoAccess's
-        ``COMBINED``, grok's ``COMBINEDAPACHELOG``) read these lines unchanged.
+    ``127.0.0.1 - - [22/Nov/2026:01:02:03 +0000] "GET / HTTP/1.1" 200 13 "-"``
+    ``"curl/8.5" 0.000412`` (one line). The first field is the client's host alone,
+    never ``host:port``: every Combined parser reads it as a host (``-`` when unknown,
+    ``unix:<path>`` for a client on a Unix socket, as nginx's ``unix:``). The duration
+    comes last, after the user agent, where nginx's ``$request_time`` and Apache's
+    ``%D`` are usually appended, so parsers that read Combined as a prefix of the line
+    (GoAccess's ``COMBINED``, grok's ``COMBINEDAPACHELOG``) read these lines unchanged.
     """
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
     access_logger.info(

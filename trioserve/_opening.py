@@ -173,12 +173,16 @@ async def read_proxy(
     except (ProxyProtocolError, OSError) as exc:
         error_logger.debug("PROXY header from %s refused: %s", ends.label, exc)
         return False
-    if info.client is not None:  # else LOCAL (a health check): the socket's own
-        ends.client = info.client
-        ends.server = info.server
-        ends.label = info.client[0]
-        # X-Forwarded-* are believed only from a peer the balancer names as trusted.
-        ends.forwarding = config.proxy_headers and trust.trusts_peer(info.client, unix=False)
+    if info.local:  # the balancer's own connection (a health check): as it is
+        return True
+    # The client the balancer names (None: it could not say, as for UNKNOWN);
+    # X-Forwarded-* are believed only from a peer it names that we trust.
+    ends.client = info.client
+    ends.server = info.server
+    ends.label = info.client[0] if info.client is not None else "-"
+    ends.forwarding = info.client is not None and (
+        config.proxy_headers and trust.trusts_peer(info.client, unix=False)
+    )
     return True
 
 

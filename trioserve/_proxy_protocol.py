@@ -65,9 +65,13 @@ class ProxyInfo:
 
     client: tuple[str, int] | None
     server: tuple[str, int] | None
+    #: A v2 LOCAL command: the proxy's own connection (a health check), which the
+    #: spec says to take with its real endpoints.
+    local: bool = False
 
 
 _NO_ADDRESSES: Final = ProxyInfo(client=None, server=None)
+_LOCAL: Final = ProxyInfo(client=None, server=None, local=True)
 
 
 async def read_proxy_header(stream: trio.SocketStream) -> ProxyInfo:
@@ -198,12 +202,14 @@ def _v2_fixed(fixed: bytes) -> tuple[int | None, int]:
 def _v2_addresses(family: int | None, block: bytes) -> ProxyInfo:
     """Read the addresses from a v2 block checked by ``_v2_fixed``; TLVs after them
     (spec 2.2.7) are skipped: we have read them, and nothing here needs them."""
+    if family is None:
+        return _LOCAL
     if family == 0x11:
         source, destination, source_port, destination_port = _V2_INET.unpack_from(block)
     elif family == 0x21:
         source, destination, source_port, destination_port = _V2_INET6.unpack_from(block)
     else:
-        return _NO_ADDRESSES  # LOCAL, UNSPEC or AF_UNIX
+        return _NO_ADDRESSES  # UNSPEC or AF_UNIX
     # ip_address takes packed bytes: 4 make an IPv4 address, 16 an IPv6 one.
     return ProxyInfo(
         client=(str(ipaddress.ip_address(source)), source_port),

@@ -31,7 +31,7 @@ from ._errors import StartupError
 from ._handler import Handler
 from ._listeners import ListenerError
 from ._logging import configure_logging, error_logger, logging_configured
-from ._server import Lifespan, Server, serve
+from ._server import DEFAULT_PORT, Lifespan, Server, serve
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -57,7 +57,7 @@ EXIT_INTERRUPTED: Final = 130
 
 def run(
     handler: Handler,
-    port: int | None = 8000,
+    port: int | None = None,
     *,
     host: str | None = "127.0.0.1",
     config: Config | None = None,
@@ -66,7 +66,7 @@ def run(
     uds: str | os.PathLike[str] | None = None,
     uds_permissions: int | None = None,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
-    reload_tls: Callable[[], None] | None = None,
+    reload_tls: Callable[[], ssl.SSLContext] | None = None,
     while_serving: Callable[[Server], Awaitable[object]] | None = None,
     announce: bool = True,
 ) -> int:
@@ -90,17 +90,18 @@ def run(
 
     Args:
         handler: ``async def handler(request: Request) -> Response``.
-        port: the TCP port; 0 picks a free one; ``None`` for no TCP listener (serve
-            only ``uds`` and ``listeners``).
+        port: the TCP port; 0 picks a free one. ``None`` (the default): 8000,
+            unless ``uds`` or ``listeners`` is given, which are then served alone.
         host: the address to bind; ``None`` binds every interface (IPv4 and IPv6).
         config: deadlines and limits; ``Config()`` when omitted.
         lifespan: as for :func:`serve`: entered before listening, exited after
             draining.
         ssl_context, uds, uds_permissions: as for :func:`serve`.
         listeners: more listeners to serve, already open (inherited sockets).
-        reload_tls: called on SIGHUP to load the certificate again (see
-            :func:`trioserve.reload_certificates`); its failure is logged and the
-            old certificate stays.
+        reload_tls: called on SIGHUP; returns the TLS context for the connections
+            accepted from then on (build a new one with
+            :func:`trioserve.create_ssl_context`: open connections keep theirs). Its
+            failure is logged and the old context stays.
         while_serving: an async function of the :class:`Server`, run as a task once
             serving and cancelled when the server has finished (a worker's talk with
             its supervisor).
@@ -118,6 +119,8 @@ def run(
     ``trioserve: startup failed: ...``, and log the traceback on ``trioserve.error``
     at DEBUG. Anything that goes wrong once serving has begun propagates as usual.
     """
+    if port is None and uds is None and not listeners:
+        port = DEFAULT_PORT
     if not logging_configured():
         configure_logging("info", access_log=True)
     served: list[Server] = []  # the server, once it serves (for a late Ctrl+C)
@@ -175,7 +178,7 @@ class _Serving(NamedTuple):
 class _Tasks(NamedTuple):
     """What run() does beside serving."""
 
-    reload_tls: Callable[[], None] | None
+    reload_tls: Callable[[], ssl.SSLContext] | None
     while_serving: Callable[[Server], Awaitable[object]] | None
     announce: bool
 
@@ -253,15 +256,17 @@ async def _until_finished(server: Server, task: Callable[[Server], Awaitable[obj
         nursery.cancel_scope.cancel()
 
 
-async def _reload_tls_on_sighup(reload_tls: Callable[[], None], server: Server) -> None:
-    """On SIGHUP, load the certificate and key again: new handshakes get them, open
-    connections keep theirs."""
+async def _reload_tls_on_sighup(reload_tls: Callable[[], ssl.SSLContext], server: Server) -> None:
+    """On SIGHUP, a new TLS context for the connections accepted from then on (open
+    connections keep theirs). A failure keeps the old one, and never stops serving."""
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
-                reload_tls()
+                server.ssl_context = reload_tls()
             except ValueError as exc:  # TLSConfigError: one line
                 error_logger.error("SIGHUP: certificate not reloaded: %s", exc)
+            except Exception:
+                error_logger.exception("SIGHUP: certificate not reloaded")
             else:
                 error_logger.info("SIGHUP: certificate reloaded")
 

@@ -35,7 +35,10 @@ from ._opening import ends_of
 from ._stats import ServerStatistics
 from ._tracker import ConnectionTracker
 
-__all__ = ["Lifespan", "Server", "ShutdownTrigger", "serve"]
+__all__ = ["DEFAULT_PORT", "Lifespan", "Server", "ShutdownTrigger", "serve"]
+
+#: The TCP port served when none is named (and no other listener is given).
+DEFAULT_PORT = 8000
 
 #: ``serve(lifespan=...)``: a callable returning an async context manager.
 Lifespan = Callable[[], AbstractAsyncContextManager[object]]
@@ -255,7 +258,7 @@ def _socket_of(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.Sock
 
 async def serve(
     handler: Handler,
-    port: int = 8000,
+    port: int | None = None,
     *,
     host: str | None = None,
     config: Config | None = None,
@@ -274,16 +277,18 @@ async def serve(
         handler: ``async def handler(request: Request) -> Response``.
         port: the TCP port; ``0`` picks a free one (see ``Server.ports``; with
             ``host=None`` the IPv4 and IPv6 listeners may get different ports).
+            ``None`` (the default): 8000, unless ``uds`` or ``listeners`` is given,
+            which are then served alone.
         host: the address to bind; ``None`` binds every interface, IPv4 and IPv6
             where the system has both.
         config: deadlines and limits; ``Config()`` when omitted.
         ssl_context: serve HTTPS: see :class:`Server` and
             :func:`trioserve.create_ssl_context`.
-        uds: serve on this Unix socket instead of a TCP port (see
+        uds: serve on this Unix socket (see
             :func:`trioserve.open_unix_listener`: a stale socket file is replaced,
             the file is removed on exit); ``uds_permissions`` is its file's mode
             (``0o660``), else the umask's.
-        listeners: serve these instead of a TCP port (with ``uds``, as well as it):
+        listeners: serve these too (with ``uds`` and a ``port`` if given):
             from ``trio.open_tcp_listeners``, :func:`trioserve.open_unix_listener`,
             :func:`trioserve.fd_listener` or :func:`trioserve.systemd_listeners`.
             Several at once are fine; they are closed when ``serve`` returns.
@@ -351,7 +356,7 @@ async def serve(
 
 
 async def _open_listeners(
-    port: int,
+    port: int | None,
     host: str | None,
     uds: str | os.PathLike[str] | None,
     uds_permissions: int | None,
@@ -363,8 +368,9 @@ async def _open_listeners(
         if uds is not None:
             unix = await open_unix_listener(uds, permissions=uds_permissions, backlog=backlog)
             opened.append(unix)
-        if not opened:
-            opened.extend(await trio.open_tcp_listeners(port, host=host, backlog=backlog))
+        if port is not None or not opened:
+            tcp = await trio.open_tcp_listeners(port or DEFAULT_PORT, host=host, backlog=backlog)
+            opened.extend(tcp)
     except BaseException:
         for listener in opened:
             await trio.aclose_forcefully(listener)

@@ -139,7 +139,13 @@ def reload_certificates(
     *,
     password: str | None = None,
 ) -> None:
-    """Load a certificate chain again into the same context (what SIGHUP does).
+    """Load a certificate chain again into the same context.
+
+    OpenSSL keeps one certificate per key type in a context: a chain whose key is of
+    another type (RSA to ECDSA) is added beside the old one, which clients that
+    prefer the old type keep getting. To replace a certificate whatever its type,
+    build a new context with :func:`create_ssl_context` and assign it to
+    ``Server.ssl_context`` (what the command line does on SIGHUP).
 
     Streams wrapped after the reload present the new certificate; connections already
     open keep theirs. Call it from the trio thread: ``load_cert_chain`` releases the

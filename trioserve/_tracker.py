@@ -91,6 +91,13 @@ class ConnectionTracker:
                 return True
         return False
 
+    def eviction_declined(self) -> None:
+        """An evicted connection serves a request that came as it was closed: it
+        closes after that one, and is no longer counted as room on its way."""
+        self.evictions_pending -= 1
+        if self._changed:
+            self._changed.unpark_all()
+
     async def wait_changed(self) -> None:
         """Wait until a connection closes or becomes idle."""
         await self._changed.park()
