@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import trioserve
+from trioserve._tracker import NEW_CONNECTION_GRACE
 from trioserve.testing import MemoryListener, PipeStream, receive_all
 
 Handler = Callable[[trioserve.Request], Awaitable[trioserve.Response]]
@@ -69,9 +70,12 @@ async def answer_during_shutdown(server: trioserve.Server, stream: PipeStream) -
         return await receive_and_close(stream)
 
 
-async def test_shutdown_with_only_idle_connections_is_immediate(
+async def test_shutdown_closes_kept_alive_connections_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """Kept-alive connections close at once; one that has not sent its first request
+    yet gets NEW_CONNECTION_GRACE to send it, then closes: nothing polls or waits
+    longer."""
     async with running(hello) as (server, listener):
         streams = []
         for _ in range(5):
@@ -83,12 +87,33 @@ async def test_shutdown_with_only_idle_connections_is_immediate(
         await trio.testing.wait_all_tasks_blocked()
         assert server.statistics().connections_idle == 6
         start = trio.current_time()
-        await server.shutdown()
-        assert trio.current_time() == start  # no polling, no waiting
-        for stream in [*streams, never_spoke]:
-            assert await receive_all(stream) == b""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.shutdown)
+            for stream in streams:
+                assert await receive_all(stream) == b""
+            assert trio.current_time() == start  # no polling, no waiting
+            assert await receive_all(never_spoke) == b""
+            assert trio.current_time() == start + NEW_CONNECTION_GRACE
         assert server.statistics().connections_open == 0
         assert server.statistics().shutdown_cutoffs == 0
+        assert server.statistics().header_timeouts == 0  # the grace is no timeout
+
+
+async def test_a_new_connections_first_request_during_the_grace_is_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Accepted just before the shutdown, its request on its way: answered, with
+    Connection: close (a rolling restart drops no accepted connection)."""
+    async with running(hello) as (server, listener):
+        stream = await listener.connect()
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.shutdown)
+            await trio.sleep(NEW_CONNECTION_GRACE / 2)
+            await stream.send_all(GET)
+            answer = await receive_all(stream)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
 async def test_in_flight_request_completes_with_connection_close(

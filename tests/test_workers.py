@@ -184,7 +184,7 @@ def worker_command(*flags: str, app: str = APP) -> list[str]:
 async def supervising(
     *flags: str,
     app: str = APP,
-    ready: bytes | None = rb"\[supervisor\] \d+ workers serving: [\d, ]+\n",
+    ready: bytes | None = rb"\[supervisor\] \d+ workers? serving: [\d, ]+\n",
     check_left: bool = True,
 ) -> AsyncIterator[Supervised]:
     """Run ``python -m trioserve APP --no-access-log FLAGS`` (from the repository) with

@@ -127,8 +127,8 @@ def worker_settings_from(
         try:
             spec = WatchSpec.build(
                 namespace.reload_dir or [app_dir],
-                include=namespace.reload_include,
-                exclude=namespace.reload_exclude,
+                include=namespace.reload_include or (),
+                exclude=namespace.reload_exclude or (),
             )
         except ValueError as exc:
             raise CLIError(str(exc), status=USAGE_ERROR) from exc

@@ -285,7 +285,7 @@ class HTTPConnection:
         config = self.config
         ends = self._ends
         accepted = trio.current_time()
-        self._tracker.enter_idle(scope)  # nothing asked yet: shutdown closes it at once
+        self._tracker.enter_idle(scope, new=True)  # nothing asked yet: idle
         try:
             if config.proxy_protocol and ends.trusted:
                 self._phase = Phase.PROXY_HEADER
@@ -365,7 +365,7 @@ class HTTPConnection:
         self._phase = _IDLE
         scope.deadline = deadline
         proto = self.proto
-        tracker.enter_idle(scope)
+        tracker.enter_idle(scope, new=self._served == 0)
         try:
             # Still idle until a byte of a request line comes: empty lines before it
             # are dropped as they arrive (RFC 9112 2.2), and the deadline stays.

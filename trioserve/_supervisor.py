@@ -70,6 +70,7 @@ class _Event(enum.Enum):
     RECYCLE = "recycle"
     EXITED = "exited"
     CHANGED = "changed"
+    STOPPING = "stopping"  # nothing to do but see whether the loop is done
 
 
 @dataclass(eq=False)
@@ -117,18 +118,22 @@ class Supervisor:
                 self._nursery = nursery
                 nursery.start_soon(self._record_signals, signals)
                 started = [await self._spawn() for _ in range(self._target)]
-                for worker in started:
-                    if not await _wait_ready(worker):
-                        self._startup_failed(worker)
-                        break
-                else:
-                    pids = ", ".join(str(worker.pid) for worker in started)
-                    error_logger.info("%d workers serving: %s", len(started), pids)
-                    if self._settings.reload is not None:
-                        nursery.start_soon(self._watch, self._settings.reload)
+                # Waited for beside the loop: a signal during a slow startup stops it.
+                nursery.start_soon(self._wait_started, started)
                 await self._loop()
                 nursery.cancel_scope.cancel()
         return self._status
+
+    async def _wait_started(self, started: Sequence[_Worker]) -> None:
+        for worker in started:
+            if not await _wait_ready(worker):
+                if not self._signals:
+                    self._startup_failed(worker)
+                return
+        pids = ", ".join(str(worker.pid) for worker in started)
+        error_logger.info("%s serving: %s", _workers(len(started)), pids)
+        if self._settings.reload is not None:
+            self._tasks.start_soon(self._watch, self._settings.reload)
 
     async def _spawn(self) -> _Worker:
         """Start a worker; a task of ours tends it (control socket, exit)."""
@@ -218,6 +223,7 @@ class Supervisor:
         self._signals = max(self._signals, 1)
         for other in self._workers:
             self._stop(other)
+        self._send.send_nowait((_Event.STOPPING, None))  # its exit may be seen already
 
     async def _replace(self, old: _Worker | None) -> bool:
         """Start a worker; once it serves, stop ``old``. False if it failed to start."""
@@ -251,7 +257,7 @@ class Supervisor:
         if signum in (signal.SIGINT, signal.SIGTERM):
             self._signals += 1
             if self._signals == 1:
-                error_logger.info("%s received: stopping %d workers", signum.name, len(serving))
+                error_logger.info("%s received: stopping %s", signum.name, _workers(len(serving)))
                 for worker in self._workers:
                     self._stop(worker)
             else:
@@ -371,6 +377,10 @@ async def _wait_ready(worker: _Worker) -> bool:
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+def _workers(count: int) -> str:
+    return "1 worker" if count == 1 else f"{count} workers"
 
 
 def _signal(worker: _Worker, signum: signal.Signals) -> None:

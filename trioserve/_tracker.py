@@ -5,15 +5,26 @@ Rules for this module:
    for a request registers the cancel scope of that wait; the tracker cancels it to
    close the connection (eviction at ``max_connections``, or graceful shutdown).
 2. Nothing here polls: shutdown and room for a new connection are events.
+3. Graceful shutdown closes kept-alive connections at once, but gives a new one
+   (accepted, its first request not yet read) :data:`NEW_CONNECTION_GRACE` to send
+   it: its client did nothing wrong, and a close now would reset a request that may
+   already be on its way (a rolling restart must not drop accepted connections).
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import trio
 
 from ._stats import Counters
 
-__all__ = ["ConnectionTracker"]
+__all__ = ["NEW_CONNECTION_GRACE", "ConnectionTracker"]
+
+#: On graceful shutdown, seconds a new connection still gets to send its first request
+#: (then served, with ``Connection: close``). Go's http.Server.Shutdown gives new
+#: connections 5 s; a client sends its request at once after connecting, so 1 s.
+NEW_CONNECTION_GRACE: Final = 1.0
 
 
 class ConnectionTracker:
@@ -34,7 +45,7 @@ class ConnectionTracker:
         self.shutdown_event = trio.Event()
         # Scopes of connections waiting for a request, oldest wait first (dicts keep
         # insertion order): the first one is the longest idle.
-        self._idle: dict[trio.CancelScope, None] = {}
+        self._idle: dict[trio.CancelScope, bool] = {}  # to each, whether it is new
         # Idle scopes cancelled to make room, until their connection sees it.
         self._evicted: set[trio.CancelScope] = set()
         #: Connections evicted that have not closed yet: the accept loop counts them
@@ -63,11 +74,12 @@ class ConnectionTracker:
         if self._changed:
             self._changed.unpark_all()
 
-    def enter_idle(self, scope: trio.CancelScope) -> None:
-        """Register the scope of a wait for a request; cancelled to close the connection."""
+    def enter_idle(self, scope: trio.CancelScope, *, new: bool = False) -> None:
+        """Register the scope of a wait for a request; cancelled to close the connection.
+        ``new``: a first request (or a handshake) is awaited (rule 3)."""
         if self.shutdown_event.is_set():
-            scope.cancel()
-        self._idle[scope] = None
+            _close_idle(scope, new)
+        self._idle[scope] = new
         if self._changed:
             self._changed.unpark_all()
 
@@ -105,5 +117,12 @@ class ConnectionTracker:
     def begin_shutdown(self) -> None:
         """Start graceful shutdown: wake every idle connection at once."""
         self.shutdown_event.set()
-        for scope in self._idle:
-            scope.cancel()
+        for scope, new in self._idle.items():
+            _close_idle(scope, new)
+
+
+def _close_idle(scope: trio.CancelScope, new: bool) -> None:
+    if new:
+        scope.deadline = min(scope.deadline, trio.current_time() + NEW_CONNECTION_GRACE)
+    else:
+        scope.cancel()
