@@ -205,6 +205,8 @@ class WebSocket:
                 3000-4999).
         """
         check_close_code(code)
+        if self._state is _OPEN:
+            self._decide(code, reason)  # before a pending receive() wakes to report it
         self._messages_out.close()  # a receive() from now on raises WebSocketClosed
         async with self._lock:
             if self._state is _OPEN:
