@@ -442,3 +442,44 @@ async def test_the_reader_does_not_read_ahead_more_than_one_message() -> None:
         await client.expect_close()
     # Taking one message let the reader read about one more.
     assert taken[0] + size - 65536 <= taken[1] < taken[0] + size + 65536 + 100
+
+
+async def test_bytes_read_past_the_handshake_are_the_first_frames() -> None:
+    conn, protocol, _ = handshake()
+    client_stream, stream = trio.testing.memory_stream_pair()
+    client = Client(client_stream, conn)
+    # The client sent its first message right behind the upgrade request: the HTTP
+    # side read it along with the head and hands it over with the stream.
+    early = conn.send(TextMessage(data="early")) + conn.send(
+        TextMessage(data="ea", message_finished=False)
+    )
+    late = conn.send(TextMessage(data="rlier"))
+
+    async def serve_early(ws_stream: trio.abc.Stream) -> None:
+        async with open_websocket(ws_stream, protocol, NO_PINGS, received=early) as ws:
+            assert await ws.receive() == "early"
+            assert await ws.receive() == "earlier"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_early, stream)
+        await client_stream.send_all(late)
+        close = await client.expect_close()
+        assert close.code == 1000
+        await client.send(close.response())
+
+
+async def test_close_refuses_codes_that_may_not_be_sent() -> None:
+    client, stream, protocol = pair()
+
+    async def handler(ws: WebSocket) -> None:
+        with pytest.raises(ValueError, match="1006"):
+            await ws.close(1006)
+        assert ws.close_code is None
+        with pytest.raises(TypeError):
+            await ws.send(1)  # type: ignore[arg-type]  # on purpose
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, stream, protocol, NO_PINGS, handler, [])
+        close = await client.expect_close()
+        assert close.code == 1000
+        await client.send(close.response())
