@@ -881,7 +881,7 @@ async def test_a_worker_with_a_blocked_event_loop_is_killed_and_replaced() -> No
     assert set(statuses) == {200}
     assert pids == {other}
     stderr = supervisor.stderr
-    assert f"worker {blocked} sent no heartbeat for 1 s: killing it" in stderr
+    assert f"worker {blocked} sent no heartbeat within 1 s: killing it" in stderr
     assert f"worker {blocked} died (killed by SIGKILL) after " in stderr
 
 

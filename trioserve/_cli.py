@@ -49,7 +49,7 @@ from ._run import EXIT_INTERRUPTED, run
 from ._server import Lifespan, Server
 from ._supervisor import WorkerSettings
 from ._version import __version__
-from ._worker import WorkerPlan, report_to_supervisor
+from ._worker import CountingHandler, WorkerPlan, report_to_supervisor, watch_supervisor
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         130 when interrupted before serving.
     """
     options = parse_args(argv, prog=prog)
+    if options.worker is not None:
+        watch_supervisor(options.worker)
     process = f"worker {os.getpid()}" if options.worker else None
     if options.workers is not None:
         process = "supervisor"
@@ -134,6 +136,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
     except KeyboardInterrupt:  # a slow import, interrupted
         print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    recycle: trio.Event | None = None
+    worker = options.worker
+    if worker is not None and worker.max_requests is not None:
+        counting = CountingHandler(handler, worker.max_requests)
+        handler, recycle = counting, counting.reached
     raise_open_file_limit(options.config.max_connections)
     print(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})", file=sys.stderr, flush=True)
     listening = options.listening
@@ -148,20 +155,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         uds_permissions=listening.uds_permissions,
         listeners=listening.listeners,
         reload_tls=listening.reload_tls,
-        while_serving=_reporter(options.worker),
+        while_serving=_reporter(worker, recycle),
         announce=options.worker is None,
     )
 
 
-def _reporter(worker: WorkerPlan | None) -> Callable[[Server], Awaitable[None]] | None:
+def _reporter(
+    worker: WorkerPlan | None, recycle: trio.Event | None
+) -> Callable[[Server], Awaitable[None]] | None:
     """A worker tells its supervisor that it serves, and that it is alive."""
     if worker is None:
         return None
-    return functools.partial(_report_to_supervisor, worker)
+    return functools.partial(_report_to_supervisor, worker, recycle)
 
 
-async def _report_to_supervisor(worker: WorkerPlan, server: Server) -> None:
-    await report_to_supervisor(server, worker)
+async def _report_to_supervisor(
+    worker: WorkerPlan, recycle: trio.Event | None, server: Server
+) -> None:
+    await report_to_supervisor(server, worker, recycle)
 
 
 # --- The command line -------------------------------------------------------------------

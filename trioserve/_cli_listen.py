@@ -160,7 +160,10 @@ def listening_from(namespace: argparse.Namespace, worker: WorkerPlan | None = No
         raise CLIError("--uds-permissions applies to --uds", status=USAGE_ERROR)
     context, reload_tls = _tls_from(namespace)
     if worker is not None:
-        return _worker_listening(worker, context, reload_tls)
+        try:
+            return _worker_listening(worker, context, reload_tls)
+        except OSError as exc:  # not a plan its supervisor made
+            raise CLIError(f"a worker's sockets: {exc}") from exc
     listeners: list[trio.SocketListener] = []
     try:
         for fd in fds:

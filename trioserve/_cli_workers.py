@@ -33,8 +33,11 @@ from ._watch import WatchSpec, watcher_name
 
 __all__ = ["add_worker_flags", "supervise", "worker_settings_from"]
 
-#: --timeout-worker-healthcheck's default: uvicorn's (its workers answer a ping within 5 s).
-HEALTHCHECK_TIMEOUT: Final = 5.0
+#: --timeout-worker-healthcheck's default: gunicorn's timeout. The heartbeat comes from
+#: the worker's event loop, so it also catches a loop that stopped turning; uvicorn's
+#: 5 s (answered from a thread) would kill a worker that is only busy (one turn
+#: running 60 CPU-heavy requests took 6 s in the review's test).
+HEALTHCHECK_TIMEOUT: Final = 30.0
 
 
 def add_worker_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +57,8 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         metavar="SECONDS",
         default=HEALTHCHECK_TIMEOUT,
-        help="a worker that sends no heartbeat for this long is killed and replaced "
-        f"(default: {HEALTHCHECK_TIMEOUT:g}, as uvicorn)",
+        help="a worker whose event loop sends no heartbeat for this long is killed and "
+        f"replaced (default: {HEALTHCHECK_TIMEOUT:g}, as gunicorn's --timeout)",
     )
     group.add_argument(
         "--limit-max-requests",

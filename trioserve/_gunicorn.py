@@ -173,6 +173,17 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
         # loop). Its wakeup pipe goes: trio sets its own and warns about another.
         super().init_signals()
         signal.set_wakeup_fd(-1)
+        # SIGTERM, SIGINT and SIGQUIT only record, outside trio: trio's receiver puts
+        # back what it found when it closes, and gunicorn's own SIGQUIT handler
+        # (sleep, then sys.exit) firing inside trio's teardown crashed the worker with
+        # TrioInternalError. While trio runs, its receiver handles them; before (a
+        # slow import) and after, they mark the worker as leaving, which the
+        # heartbeat task reads as a graceful shutdown.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._leave)
+
+    def _leave(self, signum: int, frame: object) -> None:
+        self.alive = False
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

@@ -47,6 +47,12 @@ YOUNG: Final = 10.0
 #: Back-off before replacing a worker that died young: doubles per death, up to the max.
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 10.0
+#: Seconds a new worker gets to import the application and run its startup before it
+#: is killed (as failed to start). gunicorn's timeout (30 s) covers a boot too; a
+#: minute leaves room for a slow import and a lifespan that opens pools.
+STARTUP_TIMEOUT: Final = 60.0
+#: Exit status when interrupted before the workers served (128 + SIGINT, as shells).
+INTERRUPTED: Final = 130
 #: Seconds after shutdown_timeout that a stopping worker gets before SIGKILL.
 STOP_GRACE: Final = 5.0
 #: Exit status when a worker could not start, or the shutdown was not clean.
@@ -108,6 +114,8 @@ class Supervisor:
         self._status = 0
         self._restarting = False
         self._restart_again = False
+        self._started = False  # the first workers served
+        self._adding = 0  # replacements on their way (a back-off, a start)
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> int:
@@ -117,7 +125,17 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._record_signals, signals)
-                started = [await self._spawn() for _ in range(self._target)]
+                if self._settings.reload is not None:  # an edit during startup counts
+                    nursery.start_soon(self._watch, self._settings.reload)
+                try:
+                    started = [await self._spawn() for _ in range(self._target)]
+                except OSError as exc:
+                    error_logger.error("cannot start a worker: %s", exc)
+                    self._status = STARTUP_FAILED
+                    self._signals = 1
+                    started = []
+                for worker in started:
+                    self._stop_if_stopping(worker)
                 # Waited for beside the loop: a signal during a slow startup stops it.
                 nursery.start_soon(self._wait_started, started)
                 await self._loop()
@@ -130,10 +148,10 @@ class Supervisor:
                 if not self._signals:
                     self._startup_failed(worker)
                 return
+        self._started = True
         pids = ", ".join(str(worker.pid) for worker in started)
         error_logger.info("%s serving: %s", _workers(len(started)), pids)
-        if self._settings.reload is not None:
-            self._tasks.start_soon(self._watch, self._settings.reload)
+        self._balance()  # a SIGTTIN or SIGTTOU during the startup
 
     async def _spawn(self) -> _Worker:
         """Start a worker; a task of ours tends it (control socket, exit)."""
@@ -165,25 +183,29 @@ class Supervisor:
         worker = _Worker(process, trio.socket.from_stdlib_socket(ours), trio.current_time())
         self._workers.append(worker)
         self._tasks.start_soon(self._tend, worker)
+        return worker
+
+    def _stop_if_stopping(self, worker: _Worker) -> None:
         if self._signals:  # stopped while it started
             self._stop(worker)
-        return worker
 
     async def _tend(self, worker: _Worker) -> None:
         """Read the worker's reports under the heartbeat deadline, then wait for its exit."""
         healthcheck = self._settings.healthcheck
         with worker.control:
             while True:
-                # No heartbeat is owed before it serves: an import may take its time.
-                timeout = healthcheck if worker.ready.is_set() else math.inf
+                # Before it serves, no heartbeat is owed: it has STARTUP_TIMEOUT in all.
+                ready = worker.ready.is_set()
+                timeout = healthcheck if ready else STARTUP_TIMEOUT
                 with trio.move_on_after(timeout) as timer:
                     try:
                         data = await worker.control.recv(64)
                     except OSError:
                         data = b""
                 if timer.cancelled_caught:
+                    what = "sent no heartbeat" if ready else "did not start"
                     error_logger.error(
-                        "worker %d sent no heartbeat for %.4g s: killing it", worker.pid, timeout
+                        "worker %d %s within %.4g s: killing it", worker.pid, what, timeout
                     )
                     worker.process.kill()
                     break
@@ -225,14 +247,21 @@ class Supervisor:
             self._stop(other)
         self._send.send_nowait((_Event.STOPPING, None))  # its exit may be seen already
 
-    async def _replace(self, old: _Worker | None) -> bool:
+    async def _replace(self, old: _Worker) -> bool:
         """Start a worker; once it serves, stop ``old``. False if it failed to start."""
-        new = await self._spawn()
+        try:
+            new = await self._spawn()
+        except OSError as exc:
+            error_logger.error("cannot start a worker: %s", exc)
+            return False
+        self._stop_if_stopping(new)
         if not await _wait_ready(new):
             return False
-        if old is not None:
-            self._stop(old)
+        self._stop(old)
         return True
+
+    def _serving(self) -> list[_Worker]:
+        return [worker for worker in self._workers if not worker.stopping]
 
     # --- The loop --------------------------------------------------------------------
 
@@ -253,10 +282,12 @@ class Supervisor:
                 self._on_change(value)
 
     def _on_signal(self, signum: signal.Signals) -> None:
-        serving = [worker for worker in self._workers if not worker.stopping]
+        serving = self._serving()
         if signum in (signal.SIGINT, signal.SIGTERM):
             self._signals += 1
             if self._signals == 1:
+                if not self._started and self._status == 0:
+                    self._status = INTERRUPTED  # as a single process stopped before serving
                 error_logger.info("%s received: stopping %s", signum.name, _workers(len(serving)))
                 for worker in self._workers:
                     self._stop(worker)
@@ -269,15 +300,28 @@ class Supervisor:
             error_logger.info("%s received while stopping: ignored", signum.name)
         elif signum == signal.SIGHUP:
             error_logger.info("SIGHUP received: restarting the workers one at a time")
-            self._tasks.start_soon(self._rolling_restart)
+            self._restart()
         elif signum == signal.SIGTTIN:
             self._target += 1
             error_logger.info("SIGTTIN received: adding a worker (%d)", self._target)
-            self._tasks.start_soon(self._add)
-        elif signum == signal.SIGTTOU and self._target > 1 and serving:
+            self._schedule_add()
+        elif signum == signal.SIGTTOU and self._target > 1:
             self._target -= 1
             error_logger.info("SIGTTOU received: removing a worker (%d)", self._target)
-            self._stop(serving[0])
+            self._balance()
+
+    def _balance(self) -> None:
+        """Bring the workers to the target: stop the oldest serving ones above it, or
+        start more below it. Replacements on their way count: one that finds the
+        target reached does not start (so a SIGTTOU never leaves fewer than one
+        serving while a replacement waits out its back-off)."""
+        serving = self._serving()
+        excess = len(serving) + self._adding - self._target
+        ready = [worker for worker in serving if worker.ready.is_set()]
+        for worker in ready[: max(excess - self._adding, 0)]:
+            self._stop(worker)
+        for _ in range(-excess):
+            self._schedule_add()
 
     def _on_exit(self, worker: _Worker) -> None:
         self._workers.remove(worker)
@@ -285,13 +329,14 @@ class Supervisor:
         if worker.stopping or self._signals:
             if returncode != 0 and worker.ready.is_set():  # else said as it failed
                 error_logger.warning("worker %d ended: %s", worker.pid, _status(worker.process))
-                self._status = STARTUP_FAILED
+                if self._signals:  # the final drain was not clean
+                    self._status = self._status or STARTUP_FAILED
             return
         if not worker.ready.is_set():
             return  # failed to start: whoever started it decides
         lived = trio.current_time() - worker.started
         self._deaths = self._deaths + 1 if lived < YOUNG else 0
-        delay = min(BACKOFF_FIRST * 2 ** (self._deaths - 1), BACKOFF_MAX) if self._deaths else 0
+        delay = self._backoff()
         error_logger.error(
             "worker %d died (%s) after %.1f s: replacing it%s",
             worker.pid,
@@ -299,7 +344,7 @@ class Supervisor:
             lived,
             f" in {delay:.4g} s" if delay else "",
         )
-        self._tasks.start_soon(self._add, delay)
+        self._schedule_add(delay)
 
     def _on_change(self, changes: frozenset[Path]) -> None:
         names = ", ".join(sorted(os.path.relpath(path) for path in changes)[:3])
@@ -308,10 +353,24 @@ class Supervisor:
             error_logger.error("reload: %s (the running worker goes on)", error)
             return
         error_logger.info("reload: %s changed: restarting", names)
+        self._restart()
+
+    def _restart(self) -> None:
+        """A rolling restart; one asked for during another runs again after it."""
         if self._restarting:
             self._restart_again = True
         else:
             self._tasks.start_soon(self._rolling_restart)
+
+    @property
+    def _stopping_all(self) -> bool:
+        return self._signals > 0  # (a property: read anew after each await)
+
+    def _backoff(self) -> float:
+        """0 after a worker that lived; 0.1 s doubling to 10 s while they die young."""
+        if not self._deaths:
+            return 0.0
+        return float(min(BACKOFF_FIRST * 2 ** (self._deaths - 1), BACKOFF_MAX))
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -328,18 +387,32 @@ class Supervisor:
         async for changes in watch_changes(spec):
             self._send.send_nowait((_Event.CHANGED, changes))
 
-    async def _add(self, delay: float = 0.0) -> None:
-        await trio.sleep(delay)  # the back-off: a worker that keeps dying young
-        if self._signals:
-            return
-        new = await self._spawn()
-        if not await _wait_ready(new):
+    def _schedule_add(self, delay: float = 0.0) -> None:
+        self._adding += 1  # counted from now: _balance sees it at once
+        self._tasks.start_soon(self._add, delay)
+
+    async def _add(self, delay: float) -> None:
+        try:
+            await trio.sleep(delay)  # the back-off: a worker that keeps dying young
+            if self._signals or len(self._serving()) >= self._target:
+                return  # stopping, or a SIGTTOU took this slot meanwhile
+            try:
+                new = await self._spawn()
+            except OSError as exc:  # out of processes or descriptors: try again later
+                error_logger.error("cannot start a worker: %s", exc)
+                self._deaths += 1
+                self._schedule_add(self._backoff())
+                return
+        finally:
+            self._adding -= 1
+        self._stop_if_stopping(new)
+        if not await _wait_ready(new) and not self._signals:
             self._startup_failed(new)
 
     async def _recycle(self, old: _Worker) -> None:
         if old.stopping or self._restarting:
             return
-        if not await self._replace(old):
+        if not await self._replace(old) and not self._signals:
             error_logger.error("worker %d stays: its replacement failed to start", old.pid)
 
     async def _rolling_restart(self) -> None:
@@ -349,18 +422,26 @@ class Supervisor:
         try:
             while True:
                 self._restart_again = False
-                for old in [worker for worker in self._workers if not worker.stopping]:
+                for old in self._serving():
                     if self._signals:
                         return
+                    if old.stopping or old.exited.is_set():
+                        continue  # replaced meanwhile (it died, or a SIGTTOU took it)
                     if not await self._replace(old):
+                        if self._stopping_all:
+                            return
                         error_logger.error(
                             "restart abandoned: a new worker failed to start; "
                             "the running workers go on"
                         )
+                        if not self._restart_again:  # else a fix came meanwhile: again
+                            return
+                        break
+                    self._balance()  # a worker died or a SIGTTOU came meanwhile
+                else:
+                    if not self._restart_again:
+                        error_logger.info("restart done")
                         return
-                if not self._restart_again:
-                    error_logger.info("restart done")
-                    return
         finally:
             self._restarting = False
 

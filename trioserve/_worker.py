@@ -6,8 +6,9 @@ Rules for this module:
    supervisor, over one socket: ``R`` once serving, ``H`` every quarter of the
    health-check timeout (from a trio task: a stuck event loop stops them), ``M`` once
    it has served its ``--limit-max-requests`` (the supervisor then replaces it).
-2. The supervisor's end closing (it died) begins a graceful shutdown: a worker never
-   serves on as an orphan.
+2. The supervisor's end closing (it died) is watched from the worker's first moment
+   by a thread, which sends the worker SIGTERM: a graceful shutdown once serving, the
+   end before. A worker never serves on, or starts serving, as an orphan.
 3. The plan travels in one environment variable, :data:`ENV`, as JSON; ``parse``
    reads it back, and refuses what it cannot read in one line.
 """
@@ -16,17 +17,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket as stdlib_socket
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Final
 
 import trio
 
+from ._handler import Handler, watches_disconnect
 from ._logging import error_logger
+from ._request import Request
+from ._response import Response
 from ._server import Server
 
-__all__ = ["ENV", "HEARTBEAT", "READY", "RECYCLE", "WorkerPlan", "report_to_supervisor"]
+__all__ = [
+    "ENV",
+    "HEARTBEAT",
+    "READY",
+    "RECYCLE",
+    "CountingHandler",
+    "WorkerPlan",
+    "report_to_supervisor",
+    "watch_supervisor",
+]
 
 #: The environment variable that makes ``python -m trioserve`` a worker.
 ENV: Final = "TRIOSERVE_WORKER"
@@ -65,7 +80,10 @@ class WorkerPlan:
         Raises:
             ValueError: the variable is set but not a plan (one line).
         """
-        text = (os.environ if environ is None else environ).get(ENV)
+        if environ is None:  # ours alone: not for the application's own subprocesses
+            text = os.environ.pop(ENV, None)
+        else:
+            text = environ.get(ENV)
         if text is None:
             return None
         try:
@@ -83,43 +101,63 @@ class WorkerPlan:
             raise ValueError(f"{ENV} is not a worker plan ({exc!r})") from None
 
 
-async def report_to_supervisor(server: Server, plan: WorkerPlan) -> None:
-    """Say ``R``, then ``H`` every quarter of the health-check timeout (and ``M`` once
-    the requests are served), until cancelled (when the server has finished). The
-    supervisor's end closing begins a graceful shutdown."""
+class CountingHandler:
+    """``handler``, counting its requests: after ``limit`` of them, ``reached`` is set
+    (at the request itself, not at the next heartbeat: a busy worker would overshoot
+    its --limit-max-requests many times over)."""
+
+    def __init__(self, handler: Handler, limit: int) -> None:
+        self._handler = handler
+        self._left = limit
+        self.reached = trio.Event()
+        self.watch_disconnect = watches_disconnect(handler)
+
+    async def __call__(self, request: Request) -> Response:
+        self._left -= 1
+        if self._left == 0:
+            self.reached.set()
+        return await self._handler(request)
+
+
+def watch_supervisor(plan: WorkerPlan) -> None:
+    """From the worker's first moment (before the application is imported), a thread
+    that waits on the control socket and, once the supervisor's end closes (it died),
+    sends this process SIGTERM: a graceful shutdown once serving, the end before."""
+    control = stdlib_socket.socket(fileno=os.dup(plan.control))
+
+    def wait() -> None:
+        with control:
+            try:
+                while control.recv(64):
+                    pass  # the supervisor says nothing; its end closing is the message
+            except OSError:
+                pass
+        error_logger.warning("the supervisor is gone: shutting down")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="trioserve-supervisor", daemon=True).start()
+
+
+async def report_to_supervisor(
+    server: Server, plan: WorkerPlan, recycle: trio.Event | None = None
+) -> None:
+    """Say ``R``, then ``H`` every quarter of the health-check timeout, and ``M`` once
+    ``recycle`` is set, until cancelled (when the server has finished)."""
     control = trio.socket.from_stdlib_socket(stdlib_socket.socket(fileno=plan.control))
     with control:
         try:
             await control.send(READY)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_shutdown_when_orphaned, control, server)
-                await _beat(control, server, plan)
-        except OSError:  # the supervisor is gone mid-send
-            await _orphaned(server)
+                if recycle is not None:
+                    nursery.start_soon(_ask_to_be_replaced, control, recycle)
+                while True:
+                    await trio.sleep(plan.healthcheck / 4)
+                    await control.send(HEARTBEAT)
+        except OSError:  # the supervisor is gone mid-send: the watching thread acts
+            pass
 
 
-async def _beat(control: trio.socket.SocketType, server: Server, plan: WorkerPlan) -> None:
-    recycling = False
-    while True:
-        await trio.sleep(plan.healthcheck / 4)
-        served = server.statistics().requests_served
-        if plan.max_requests is not None and served >= plan.max_requests and not recycling:
-            recycling = True
-            error_logger.info("served %d requests: asking to be replaced", served)
-            await control.send(RECYCLE)
-        await control.send(HEARTBEAT)
-
-
-async def _shutdown_when_orphaned(control: trio.socket.SocketType, server: Server) -> None:
-    try:
-        while await control.recv(64):
-            pass  # the supervisor says nothing yet; its EOF is the message
-    except OSError:
-        pass
-    await _orphaned(server)
-
-
-async def _orphaned(server: Server) -> None:
-    if not server.shutting_down:
-        error_logger.warning("the supervisor is gone: shutting down")
-    await server.shutdown()
+async def _ask_to_be_replaced(control: trio.socket.SocketType, recycle: trio.Event) -> None:
+    await recycle.wait()
+    error_logger.info("served its --limit-max-requests: asking to be replaced")
+    await control.send(RECYCLE)
