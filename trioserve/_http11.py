@@ -78,6 +78,7 @@ _INFORMATIONAL_100: Final = h11.InformationalResponse(
     status_code=100, headers=[], reason=b"Continue"
 )
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
+_MIGHT_SWITCH: Final = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]  # not in __all__
 
 
 class RequestHead:
@@ -523,7 +524,7 @@ class HTTP11Protocol:
     def can_switch_protocols(self) -> bool:
         """Whether a complete request asked to upgrade and nothing answered it yet."""
         their, ours = self._conn.their_state, self._conn.our_state
-        return their is h11.MIGHT_SWITCH_PROTOCOL and ours is h11.SEND_RESPONSE
+        return their is _MIGHT_SWITCH and ours is h11.SEND_RESPONSE
 
     def switch_protocols(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
         """The ``101`` taking the upgrade (RFC 9110 7.8); HTTP ends with it."""
