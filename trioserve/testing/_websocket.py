@@ -97,7 +97,7 @@ class WebSocketClient:
             parts, self._parts = self._parts, []
             if isinstance(event, TextMessage):
                 return "".join(str(part) for part in parts)
-            return b"".join(bytes(part) for part in parts)
+            return b"".join(part for part in parts if isinstance(part, bytes))
         if isinstance(event, Ping) and self.answer_pings:
             await self._send_quietly(self._conn.send(event.response()))
         elif isinstance(event, CloseConnection):
@@ -159,15 +159,22 @@ async def open_websocket(
         extensions=[PerMessageDeflate()] if deflate else [],
         extra_headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
     )
+    refused: WebSocketRejected | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve_connection, server_end)
         try:
             await client_end.send_all(conn.send(request))
-            client = await _handshake(client_end, conn)
-            yield client
-            await client.close()
+            try:
+                client = await _handshake(client_end, conn)
+            except WebSocketRejected as exc:
+                refused = exc  # raised below, outside the nursery: as itself
+            else:
+                yield client
+                await client.close()
         finally:
             await client_end.aclose()
+    if refused is not None:
+        raise refused
 
 
 async def _handshake(stream: PipeStream, conn: WSConnection) -> WebSocketClient:
