@@ -5,10 +5,10 @@ watched directory) and runs ``python -m trioserve app:app --reload`` on it with 
 helpers of ``tests/test_workers.py``: a mark in its environment, every wait bounded,
 and no process of it left in the process table at the end.
 
-The watcher starts once the first worker serves, and nothing says when it is
-watching: so a test's first edit is written again until the answer changes (a
-bounded loop). The later edits, and the ones that must change nothing, come after
-an edit that did restart: the watcher is known to be watching then.
+The watcher starts with the supervisor, and nothing says when it is watching: so a
+test's first edit is written again until the answer changes (a bounded loop). The
+later edits, and the ones that must change nothing, come after an edit that did
+restart: the watcher is known to be watching then.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .processes import BOUND, GET
+from .processes import BOUND, GET, SERVING
 from .test_workers import Supervised, is_alive, supervising
 
 #: The app: ``VERSION PID`` for every request. The versions differ in length, so that
@@ -191,3 +191,42 @@ async def test_a_file_that_is_not_watched_restarts_nothing(app_dir: Path) -> Non
         assert supervisor.workers() == {v2}
         assert supervisor.stderr.count("reload:") == reloads
         await stop(supervisor)
+
+
+SLOW_APP = """\
+import os
+import time
+
+import trioserve
+
+time.sleep(3)  # a slow import: the edit below comes while the worker starts
+
+
+async def app(request):
+    body = "v1 " + str(os.getpid())
+    return trioserve.Response(200, body=body.encode())
+"""
+
+
+async def test_an_edit_during_the_startup_restarts_once_the_worker_serves(
+    tmp_path: Path,
+) -> None:
+    """Replacing a worker that has not served yet would read as its failure to start
+    (and stop the server): the restart waits for the startup, then happens."""
+    (tmp_path / "app.py").write_text(SLOW_APP)
+    flags = ("--reload", "--app-dir", str(tmp_path), "--port", "0", "--shutdown-timeout", "2")
+    async with supervising(*flags, *INCLUDE_PY, app="app:app", ready=None) as supervisor:
+        await trio.sleep(1.5)  # the watcher watches; the worker still imports
+        await trio.Path(tmp_path / "app.py").write_text(app_text("v2-edited-in-startup"))
+        await supervisor.child.wait_for(rb"\[supervisor\] reload: [^\n]*restarting")
+        serving = await supervisor.child.wait_for(SERVING)
+        supervisor.child.port = int(serving.group(1))
+        await supervisor.child.wait_for(rb"\[supervisor\] restart done")
+        # The old worker may take a connection or two before its SIGTERM lands.
+        with trio.fail_after(BOUND):
+            while True:
+                if (await answer(supervisor))[0] == "v2-edited-in-startup":
+                    break
+                await trio.sleep(0.05)
+        await stop(supervisor)
+    assert "failed to start" not in supervisor.stderr

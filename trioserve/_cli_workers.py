@@ -27,7 +27,7 @@ from ._cli_app import USAGE_ERROR, CLIError
 from ._cli_listen import Listening
 from ._listeners import describe_listener, open_reuse_port_sockets, open_unix_listener
 from ._logging import error_logger
-from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, announce_urls, listen_error_line
+from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, listen_error_line
 from ._supervisor import Supervisor, WorkerSettings
 from ._watch import WatchSpec, watcher_name
 
@@ -200,11 +200,10 @@ async def _supervise(
         urls += [_url(sock) for sock in held]
         if listening.ssl_context is not None:
             urls = [url.replace("http://", "https://", 1) for url in urls]
-        announce_urls(urls)
         if settings.reload is not None:
             dirs = ", ".join(str(path) for path in settings.reload.dirs)
             error_logger.info("watching %s for changes (%s)", dirs, watcher_name())
-        return await Supervisor(argv, fds, settings).run()
+        return await Supervisor(argv, fds, settings, urls).run()
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)  # a Unix socket's file is removed

@@ -37,6 +37,7 @@ from typing import Final
 import trio
 
 from ._logging import error_logger
+from ._run import announce_urls
 from ._watch import WatchSpec, syntax_error, watch_changes
 from ._worker import ENV, READY, RECYCLE, WorkerPlan
 
@@ -100,9 +101,17 @@ class Supervisor:
         argv: the command line a worker runs (after ``python -m trioserve``).
         fds: the listening sockets' descriptors, passed to every worker.
         settings: counts, health check, recycling, reload.
+        urls: announced (``Serving on ...``) once the first workers serve.
     """
 
-    def __init__(self, argv: Sequence[str], fds: Sequence[int], settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        fds: Sequence[int],
+        settings: WorkerSettings,
+        urls: Sequence[str] = (),
+    ) -> None:
+        self._urls = tuple(urls)
         self._argv = list(argv)
         self._fds = tuple(fds)
         self._settings = settings
@@ -114,7 +123,7 @@ class Supervisor:
         self._status = 0
         self._restarting = False
         self._restart_again = False
-        self._started = False  # the first workers served
+        self._started = trio.Event()  # the first workers served
         self._adding = 0  # replacements on their way (a back-off, a start)
         self._nursery: trio.Nursery | None = None
 
@@ -148,7 +157,8 @@ class Supervisor:
                 if not self._signals:
                     self._startup_failed(worker)
                 return
-        self._started = True
+        self._started.set()
+        announce_urls(self._urls)  # true now: the workers serve
         pids = ", ".join(str(worker.pid) for worker in started)
         error_logger.info("%s serving: %s", _workers(len(started)), pids)
         self._balance()  # a SIGTTIN or SIGTTOU during the startup
@@ -286,7 +296,7 @@ class Supervisor:
         if signum in (signal.SIGINT, signal.SIGTERM):
             self._signals += 1
             if self._signals == 1:
-                if not self._started and self._status == 0:
+                if not self._started.is_set() and self._status == 0:
                     self._status = INTERRUPTED  # as a single process stopped before serving
                 error_logger.info("%s received: stopping %s", signum.name, _workers(len(serving)))
                 for worker in self._workers:
@@ -420,6 +430,9 @@ class Supervisor:
             return
         self._restarting = True
         try:
+            # A change during the startup waits for it: replacing a worker that has not
+            # served yet would read as its failure to start.
+            await self._started.wait()
             while True:
                 self._restart_again = False
                 for old in self._serving():

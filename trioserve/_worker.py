@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket as stdlib_socket
 import threading
@@ -127,11 +128,18 @@ def watch_supervisor(plan: WorkerPlan) -> None:
 
     def wait() -> None:
         with control:
-            try:
-                while control.recv(64):
-                    pass  # the supervisor says nothing; its end closing is the message
-            except OSError:
-                pass
+            while True:
+                # Waits for readability, then reads: the descriptor is shared with the
+                # trio side, which makes it non-blocking, so a plain blocking recv()
+                # could fail at once with EAGAIN and read as the supervisor's death.
+                select.select([control], [], [])
+                try:
+                    if not control.recv(64):
+                        break  # EOF: the supervisor's end is closed
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    break
         error_logger.warning("the supervisor is gone: shutting down")
         os.kill(os.getpid(), signal.SIGTERM)
 
