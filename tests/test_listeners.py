@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import ssl
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -28,16 +25,6 @@ from trioserve._listeners import (
 )
 
 from .processes import BOUND
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 async def exchange(

@@ -29,8 +29,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -119,16 +118,6 @@ def trioserve_command(directory: Path, *flags: str) -> list[str]:
         *("-m", "trioserve", "app:app", "--app-dir", str(directory), "--no-access-log"),
         *flags,
     ]
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def nginx_config(

@@ -48,20 +48,28 @@ async def read_to_clean_eof(client: trio.SSLStream[trio.abc.Stream]) -> bytes:
     return received
 
 
-async def test_a_close_delimited_body_ends_with_close_notify_at_once(
-    ca: trustme.CA, autojump_clock: trio.testing.MockClock
-) -> None:
+async def exchange_over_tls(ca: trustme.CA, request: bytes) -> tuple[bytes, float]:
+    """Send ``request`` to a TLS server in memory; what came back up to a clean EOF,
+    and when that EOF came."""
     server_context, client_context = contexts(ca)
     server = trioserve.Server(streamed, ssl_context=server_context)
     client_end, server_end = trio.testing.memory_stream_pair()
     client = trio.SSLStream(client_end, client_context, server_hostname="trioserve.test")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve_connection, server_end)
-        await client.send_all(b"GET / HTTP/1.0\r\n\r\n")
+        await client.send_all(request)
         received = await read_to_clean_eof(client)
-        # Not after the lingering close's second: the client needs no more bytes.
-        assert trio.current_time() < _closing.LINGER_SECONDS
+        ended = trio.current_time()
         await client.aclose()
+    return received, ended
+
+
+async def test_a_close_delimited_body_ends_with_close_notify_at_once(
+    ca: trustme.CA, autojump_clock: trio.testing.MockClock
+) -> None:
+    received, ended = await exchange_over_tls(ca, b"GET / HTTP/1.0\r\n\r\n")
+    # Not after the lingering close's second: the client needs no more bytes.
+    assert ended < _closing.LINGER_SECONDS
     assert received.startswith(b"HTTP/1.1 200 ")
     assert received.endswith(b"\r\n\r\none two")
 
@@ -69,15 +77,8 @@ async def test_a_close_delimited_body_ends_with_close_notify_at_once(
 async def test_a_keep_alive_response_then_close_ends_with_close_notify(
     ca: trustme.CA, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server_context, client_context = contexts(ca)
-    server = trioserve.Server(streamed, ssl_context=server_context)
-    client_end, server_end = trio.testing.memory_stream_pair()
-    client = trio.SSLStream(client_end, client_context, server_hostname="trioserve.test")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.serve_connection, server_end)
-        await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        received = await read_to_clean_eof(client)
-        await client.aclose()
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    received, _ = await exchange_over_tls(ca, request)
     assert received.endswith(b"3\r\ntwo\r\n0\r\n\r\n")
 
 

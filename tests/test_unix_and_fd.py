@@ -21,8 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -49,15 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.programs.where_app:handler"
 #: The command line's line for a Unix socket, with the path.
 SERVING_UNIX = rb"Serving on unix:(\S+) \(press CTRL\+C"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def exists(path: str | Path) -> bool:
@@ -107,10 +97,10 @@ def stale_socket_file(path: Path) -> None:
 
 @pytest.mark.parametrize("interface", INTERFACES)
 async def test_serve_on_a_unix_socket(
-    short_dir: Path, interface: str, caplog: pytest.LogCaptureFixture
+    sock_dir: Path, interface: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioserve.access")
-    path = str(short_dir / "app.sock")
+    path = str(sock_dir / "app.sock")
     handler, lifespan = handler_for(interface)
     async with serving(handler, lifespan=lifespan, uds=path, uds_permissions=0o660) as server:
         assert server.urls == [f"unix:{path}"]
@@ -127,17 +117,17 @@ async def test_serve_on_a_unix_socket(
     assert first_fields(caplog) == [f"unix:{path}"]
 
 
-async def test_unix_socket_permissions(short_dir: Path) -> None:
+async def test_unix_socket_permissions(sock_dir: Path) -> None:
     for mode in (0o600, 0o666):
-        path = short_dir / f"{mode:o}.sock"
+        path = sock_dir / f"{mode:o}.sock"
         async with serving(uds=path, uds_permissions=mode):
             assert stat.S_IMODE(os.lstat(path).st_mode) == mode
             await ask_over_unix(path)
         assert not exists(path)
 
 
-async def test_a_stale_socket_file_is_replaced(short_dir: Path) -> None:
-    path = short_dir / "stale.sock"
+async def test_a_stale_socket_file_is_replaced(sock_dir: Path) -> None:
+    path = sock_dir / "stale.sock"
     stale_socket_file(path)
     async with serving(uds=path):
         report = await ask_over_unix(path)
@@ -145,8 +135,8 @@ async def test_a_stale_socket_file_is_replaced(short_dir: Path) -> None:
     assert not exists(path)
 
 
-async def test_a_live_servers_socket_is_refused(short_dir: Path) -> None:
-    path = short_dir / "live.sock"
+async def test_a_live_servers_socket_is_refused(sock_dir: Path) -> None:
+    path = sock_dir / "live.sock"
     async with serving(uds=path):
         with trio.fail_after(BOUND), pytest.raises(trioserve.ListenerError) as info:
             await trioserve.serve(native_where, uds=path)
@@ -158,8 +148,8 @@ async def test_a_live_servers_socket_is_refused(short_dir: Path) -> None:
     assert not exists(path)
 
 
-async def test_a_path_that_is_not_a_socket_is_refused_and_left_alone(short_dir: Path) -> None:
-    path = short_dir / "data.txt"
+async def test_a_path_that_is_not_a_socket_is_refused_and_left_alone(sock_dir: Path) -> None:
+    path = sock_dir / "data.txt"
     path.write_text("precious")
     with trio.fail_after(BOUND), pytest.raises(trioserve.ListenerError, match="is not a socket"):
         await trioserve.serve(native_where, uds=path)
@@ -167,8 +157,8 @@ async def test_a_path_that_is_not_a_socket_is_refused_and_left_alone(short_dir: 
 
 
 @pytest.mark.parametrize("how", ["listeners", "uds-and-listeners"])
-async def test_tcp_and_unix_at_once_and_shutdown_closes_both(short_dir: Path, how: str) -> None:
-    path = str(short_dir / "both.sock")
+async def test_tcp_and_unix_at_once_and_shutdown_closes_both(sock_dir: Path, how: str) -> None:
+    path = str(sock_dir / "both.sock")
     tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
     if how == "listeners":
         listeners = [*tcp, await trioserve.open_unix_listener(path)]
@@ -206,14 +196,14 @@ async def test_tcp_and_unix_at_once_and_shutdown_closes_both(short_dir: Path, ho
     ids=["unix-untrusted-by-default", "unix-trusted"],
 )
 async def test_proxy_headers_over_a_unix_socket(
-    short_dir: Path,
+    sock_dir: Path,
     caplog: pytest.LogCaptureFixture,
     allowed: tuple[str, ...],
     expected: dict[str, object],
     logged: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioserve.access")
-    path = str(short_dir / "proxied.sock")
+    path = str(sock_dir / "proxied.sock")
     config = Config(forwarded_allow_ips=allowed)
     async with serving(config=config, uds=path):
         report = await ask_over_unix(
@@ -270,8 +260,8 @@ def without_systemd(environ: dict[str, str] | os._Environ[str]) -> dict[str, str
     return {name: value for name, value in environ.items() if not name.startswith("LISTEN_")}
 
 
-async def test_the_command_line_refuses_a_live_servers_socket(short_dir: Path) -> None:
-    path = short_dir / "live.sock"
+async def test_the_command_line_refuses_a_live_servers_socket(sock_dir: Path) -> None:
+    path = sock_dir / "live.sock"
     async with serving(uds=path):
         status, stderr = await run_to_exit("--uds", str(path))
         await ask_over_unix(path)  # still served
@@ -284,8 +274,8 @@ async def test_the_command_line_refuses_a_live_servers_socket(short_dir: Path) -
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-async def test_the_command_line_on_a_unix_socket(short_dir: Path, signum: int) -> None:
-    path = short_dir / "cli.sock"
+async def test_the_command_line_on_a_unix_socket(sock_dir: Path, signum: int) -> None:
+    path = sock_dir / "cli.sock"
     stale_socket_file(path)
     command = trioserve_command("--uds", str(path), "--uds-permissions", "660")
     async with running_with(command, ready=SERVING_UNIX) as cli:
@@ -310,8 +300,8 @@ def test_uds_permissions_without_uds_is_one_line_and_exit_2(
     )
 
 
-async def test_the_command_line_on_a_unix_socket_and_a_port(short_dir: Path) -> None:
-    path = short_dir / "and-port.sock"
+async def test_the_command_line_on_a_unix_socket_and_a_port(sock_dir: Path) -> None:
+    path = sock_dir / "and-port.sock"
     async with running_with(trioserve_command("--uds", str(path), "--port", "0")) as cli:
         await cli.wait_for(SERVING_UNIX)
         assert len(cli.stderr.split(b"Serving on ")) == 3
@@ -324,12 +314,12 @@ async def test_the_command_line_on_a_unix_socket_and_a_port(short_dir: Path) -> 
     assert not exists(path)
 
 
-async def test_the_command_line_serves_inherited_descriptors(short_dir: Path) -> None:
+async def test_the_command_line_serves_inherited_descriptors(sock_dir: Path) -> None:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
     tcp.listen()
     port = tcp.getsockname()[1]
-    path = str(short_dir / "inherited.sock")
+    path = str(sock_dir / "inherited.sock")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
     unix.listen()
@@ -424,12 +414,12 @@ os.execv(sys.executable, [sys.executable, "-m", "trioserve", *sys.argv[2:]])
 """
 
 
-async def test_socket_activation_emulated(short_dir: Path) -> None:
+async def test_socket_activation_emulated(sock_dir: Path) -> None:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
     tcp.listen()
     port = tcp.getsockname()[1]
-    path = str(short_dir / "activated.sock")
+    path = str(sock_dir / "activated.sock")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(path)
     unix.listen()
@@ -450,10 +440,10 @@ async def test_socket_activation_emulated(short_dir: Path) -> None:
     assert b"127.0.0.1:8000" not in child.stderr  # systemd's sockets replace the default
 
 
-async def test_a_port_with_uds_serves_both(short_dir: Path) -> None:
+async def test_a_port_with_uds_serves_both(sock_dir: Path) -> None:
     """``serve(handler, 0, uds=path)``: a port named with a Unix socket is served too
     (without a port, the Unix socket alone, as in the tests above)."""
-    path = short_dir / "both.sock"
+    path = sock_dir / "both.sock"
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             server: trioserve.Server = await nursery.start(

@@ -39,7 +39,7 @@ from ._cli_app import (
     choose_interface,
     load_app,
 )
-from ._cli_config import add_config_flags, config_from, format_number
+from ._cli_config import POSITIVE_INT, add_config_flags, config_from, format_number
 from ._cli_listen import Listening, add_listen_flags, listening_from
 from ._cli_workers import add_worker_flags, supervise, worker_settings_from
 from ._config import Config
@@ -242,7 +242,7 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
     )
     application.add_argument(
         "--wsgi-max-threads",
-        type=_positive_int,
+        type=POSITIVE_INT,
         metavar="N",
         help="WSGI: requests the application handles at once, one thread each (default: 40)",
     )
@@ -329,16 +329,6 @@ def version_line() -> str:
         f"{platform.python_implementation()} {platform.python_version()} on "
         f"{platform.system()})"
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return number
 
 
 def _root_path(text: str) -> str:

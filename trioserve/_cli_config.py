@@ -23,7 +23,15 @@ from typing import Final, cast
 
 from ._config import Config
 
-__all__ = ["add_config_flags", "config_fields", "config_from", "flag_name", "format_number"]
+__all__ = [
+    "POSITIVE_INT",
+    "add_config_flags",
+    "bounded_int",
+    "config_fields",
+    "config_from",
+    "flag_name",
+    "format_number",
+]
 
 #: A value a Config flag converts to.
 FlagValue = float | str | bool | tuple[str, ...] | None
@@ -231,3 +239,23 @@ def _field_docs() -> dict[str, str]:
             docs[name] = _HELP_OVERRIDES.get(name, text[:1].lower() + text[1:])
         comment = []
     return docs
+
+
+def bounded_int(low: int, high: float, expected: str, *, base: int = 10) -> Callable[[str], int]:
+    """An argparse converter: a whole number (in ``base``) from ``low`` to ``high``,
+    else the one-line error ``expected {expected}, not '...'``."""
+
+    def convert(text: str) -> int:
+        try:
+            number = int(text, base)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+        return number
+
+    return convert
+
+
+#: ``--workers``, ``--wsgi-max-threads``, ``--limit-max-requests``: 1 or more.
+POSITIVE_INT: Final = bounded_int(1, math.inf, "a whole number of at least 1")

@@ -13,12 +13,14 @@ Rules for this module:
 from __future__ import annotations
 
 import argparse
+import math
 import ssl
 from dataclasses import dataclass
 
 import trio
 
 from ._cli_app import USAGE_ERROR, CLIError
+from ._cli_config import bounded_int
 from ._listeners import fd_listener, open_reuse_port_sockets, systemd_listeners
 from ._tls import TLSConfigError, create_ssl_context, parse_cert_reqs
 from ._worker import WorkerPlan
@@ -84,7 +86,7 @@ def add_listen_flags(parser: argparse.ArgumentParser) -> None:
     )
     listening.add_argument(
         "--port",
-        type=_port,
+        type=bounded_int(0, 65535, "a port number from 0 to 65535"),
         help="TCP port; 0 picks a free one, shown in the 'Serving on' line "
         f"(default: {DEFAULT_PORT})",
     )
@@ -96,13 +98,13 @@ def add_listen_flags(parser: argparse.ArgumentParser) -> None:
     )
     listening.add_argument(
         "--uds-permissions",
-        type=_octal,
+        type=bounded_int(0, 0o777, "an octal mode such as 660", base=8),
         metavar="MODE",
         help="mode of the --uds socket file, in octal, e.g. 660 (default: from the umask)",
     )
     listening.add_argument(
         "--fd",
-        type=_descriptor,
+        type=bounded_int(0, math.inf, "a file descriptor number"),
         action="append",
         metavar="N",
         help="serve the inherited listening socket on file descriptor N (TCP, IPv6 or "
@@ -235,33 +237,3 @@ def _tls_from(namespace: argparse.Namespace) -> tuple[ssl.SSLContext | None, _Re
         return reload_tls(), reload_tls
     except TLSConfigError as exc:
         raise CLIError(str(exc)) from exc
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {text!r}")
-    return port
-
-
-def _octal(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"expected an octal mode such as 660, not {text!r}")
-    return mode
-
-
-def _descriptor(text: str) -> int:
-    try:
-        fd = int(text)
-    except ValueError:
-        fd = -1
-    if fd < 0:
-        raise argparse.ArgumentTypeError(f"expected a file descriptor number, not {text!r}")
-    return fd

@@ -24,6 +24,7 @@ from typing import Final
 import trio
 
 from ._cli_app import USAGE_ERROR, CLIError
+from ._cli_config import POSITIVE_INT
 from ._cli_listen import Listening
 from ._listeners import describe_listener, open_reuse_port_sockets, open_unix_listener
 from ._logging import error_logger
@@ -46,7 +47,7 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("processes")
     group.add_argument(
         "--workers",
-        type=_positive_int,
+        type=POSITIVE_INT,
         metavar="N",
         help="serve with N worker processes under a supervisor that binds the sockets "
         "once, replaces workers that die, and restarts them one at a time on SIGHUP "
@@ -62,7 +63,7 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--limit-max-requests",
-        type=_positive_int,
+        type=POSITIVE_INT,
         metavar="N",
         help="replace a worker after it has served N requests (plus up to 10%% jitter), "
         "starting its successor before it stops (default: never)",
@@ -225,16 +226,6 @@ def _socket_of(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.Sock
 
 def _report(line: str) -> None:
     print(f"trioserve: {line}", file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return number
 
 
 def _positive_float(text: str) -> float:

@@ -194,26 +194,17 @@ async def _serve_and_report(
     server: Server | None = None
     async with trio.open_nursery() as nursery:
         try:
-            opened = list(listeners)
-            if serving.port is not None:
-                backlog = (serving.config or Config()).backlog
-                try:
-                    opened += await trio.open_tcp_listeners(
-                        serving.port, host=serving.host, backlog=backlog
-                    )
-                except BaseException:
-                    for listener in opened:
-                        await trio.aclose_forcefully(listener)
-                    raise
             server = await nursery.start(
                 functools.partial(
                     serve,
                     handler,
+                    serving.port,
+                    host=serving.host,
                     config=serving.config,
                     ssl_context=serving.ssl_context,
                     uds=serving.uds,
                     uds_permissions=serving.uds_permissions,
-                    listeners=opened,
+                    listeners=listeners,
                     lifespan=serving.lifespan,
                     handle_signals=True,
                 )
