@@ -142,6 +142,37 @@ async def test_echo_then_the_client_closes(deflate: bool) -> None:
         await ws.send("after the close")
 
 
+async def test_replies_to_messages_that_came_before_the_peers_close_are_sent(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Two messages and a close arrive in one read. The close must not close the
+    # protocol while messages before it wait for the application: wsproto had parsed
+    # it, and the reply to the first raised RuntimeError ("cannot send in state
+    # REMOTE_CLOSING"; Autobahn 1.1.x with a fast client). Now the close frame is
+    # parsed only once the messages before it are taken.
+    client, stream, protocol = pair()
+    done: list[WebSocket] = []
+
+    async def slow_echo(ws: WebSocket) -> None:
+        await trio.sleep(1)  # the messages wait for the application
+        await ws.send(await ws.receive())
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.send(await ws.receive())  # the close is parsed while this is sent
+        assert closed.value.code == 1000
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, stream, protocol, NO_PINGS, slow_echo, done)
+        data = b"".join(
+            client.conn.send(event)
+            for event in (TextMessage(data="one"), TextMessage(data="two"), CloseConnection(1000))
+        )
+        await client.stream.send_all(data)
+        assert await client.next_message() == "one"
+        assert (await client.expect_close()).code == 1000
+    [ws] = done
+    assert ws.close_code == 1000
+
+
 async def test_a_client_close_with_another_code_ends_iteration_with_an_error() -> None:
     client, stream, protocol = pair()
     seen: list[BaseException] = []

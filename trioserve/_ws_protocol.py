@@ -24,7 +24,7 @@ import hashlib
 import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -334,10 +334,12 @@ class WebSocketProtocol:
             return
         self._conn.receive_data(bytes(data) if isinstance(data, bytearray) else data)
 
-    def events(self) -> list[WebSocketEvent]:
-        """What the bytes fed so far completed, in order. After a ``CloseReceived`` or a
+    def events(self) -> Iterator[WebSocketEvent]:
+        """What the bytes fed so far complete, in order, parsed lazily: a frame is
+        parsed only when the event before it has been taken, so a close frame that
+        follows a message not yet handled has not closed the protocol yet (a reply to
+        that message can still be sent). After a ``CloseReceived`` or a
         ``ProtocolFailure`` there are no more events."""
-        out: list[WebSocketEvent] = []
         conn = self._conn
         for event in conn.events():
             if isinstance(event, (TextMessage, BytesMessage)):
@@ -350,32 +352,33 @@ class WebSocketProtocol:
                         size = len(data)
                     self._size += size
                     if self._size > self._max_size:
-                        return self._fail(out, 1009, "message too big")
+                        yield self._fail(1009, "message too big")
+                        return
                     self._parts.append(data)
                 if event.message_finished:
-                    out.append(Message(_join(self._parts, text=isinstance(event, TextMessage))))
+                    message = Message(_join(self._parts, text=isinstance(event, TextMessage)))
                     self._parts.clear()
                     self._size = 0
+                    yield message
             elif isinstance(event, WsprotoPing):
-                out.append(Ping(bytes(event.payload)))
+                yield Ping(bytes(event.payload))
             elif isinstance(event, WsprotoPong):
-                out.append(Pong(bytes(event.payload)))
+                yield Pong(bytes(event.payload))
             elif isinstance(event, CloseConnection):
                 # wsproto reports a close frame and a parse failure alike; only a close
                 # frame moves its state on (to REMOTE_CLOSING, or CLOSED after ours).
                 if conn.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
                     self._ended = True
-                    out.append(CloseReceived(int(event.code), event.reason or ""))
-                    return out
+                    yield CloseReceived(int(event.code), event.reason or "")
+                    return
                 reason = "message too big" if event.code == 1009 else event.reason or ""
-                return self._fail(out, int(event.code), reason)
-        return out
+                yield self._fail(int(event.code), reason)
+                return
 
-    def _fail(self, out: list[WebSocketEvent], code: int, reason: str) -> list[WebSocketEvent]:
+    def _fail(self, code: int, reason: str) -> ProtocolFailure:
         self._ended = True
         self._parts.clear()
-        out.append(ProtocolFailure(code, reason))
-        return out
+        return ProtocolFailure(code, reason)
 
     def send_message(self, data: str | bytes) -> bytes:
         """A whole text (``str``) or binary (``bytes``) message, as one frame.
