@@ -32,7 +32,7 @@ class Handler(Protocol):
     :func:`watches_disconnect`, and plain functions stay handlers.)
     """
 
-    def __call__(self, request: Request, /) -> Awaitable[Response]: ...
+    def __call__(self, request: Request, /) -> Awaitable[Response | None]: ...
 
 
 def watches_disconnect(handler: Handler) -> bool:

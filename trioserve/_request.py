@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote
 import trio
 
 from ._headers import Headers
-from ._ws_protocol import is_upgrade
+from ._ws_protocol import is_upgrade, offered_subprotocols
 
 if TYPE_CHECKING:
     from ._websocket import WebSocket
@@ -255,6 +255,12 @@ class Request:
         """Whether the client asks for a WebSocket (``Upgrade: websocket``). The
         handshake was checked before the handler ran: a bad one got a 400 or 426."""
         return is_upgrade(self.headers._raw)
+
+    @property
+    def websocket_subprotocols(self) -> list[str]:
+        """The subprotocols the client offers (``Sec-WebSocket-Protocol``), in its
+        order of preference; pick one for :meth:`accept_websocket`."""
+        return offered_subprotocols(self.headers._raw)
 
     async def accept_websocket(
         self,

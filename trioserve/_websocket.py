@@ -219,6 +219,11 @@ class WebSocket:
         # No close from the peer in time: the connection ends all the same.
         self._end(_State.CLOSED)
 
+    async def wait_closed(self) -> None:
+        """Return once the connection has closed (the closing handshake is over, or the
+        connection failed or was lost): :attr:`close_code` then says how."""
+        await self._ended.wait()
+
     async def shutdown(self, code: int = 1001, reason: str = "") -> None:
         """Close for a server shutdown (1001 "going away", 1012 for a restart): the
         application's pending :meth:`receive` raises ``WebSocketClosed``."""

@@ -113,7 +113,7 @@ class CountingHandler:
         self.reached = trio.Event()
         self.watch_disconnect = watches_disconnect(handler)
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response | None:
         self._left -= 1
         if self._left == 0:
             self.reached.set()

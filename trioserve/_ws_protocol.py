@@ -209,12 +209,7 @@ def accept_headers(
         (b"sec-websocket-accept", accept_token(key)),
     ]
     if subprotocol is not None:
-        offered = [
-            token.strip().decode("latin-1")
-            for value in fields.get(b"sec-websocket-protocol", ())
-            for token in value.split(b",")
-        ]
-        if subprotocol not in offered:
+        if subprotocol not in offered_subprotocols(headers):
             raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
         response.append((b"sec-websocket-protocol", subprotocol.encode("ascii")))
     extensions: list[Extension] = []
@@ -232,6 +227,17 @@ def accept_headers(
             raise ValueError(f"the WebSocket handshake sets {name.decode()!r} itself")
         response.append((lowered, value))
     return response, WebSocketProtocol(max_size=max_size, extensions=extensions)
+
+
+def offered_subprotocols(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
+    """The subprotocols a handshake offers (``Sec-WebSocket-Protocol``), in its order."""
+    return [
+        token.strip().decode("latin-1")
+        for name, value in headers
+        if name == b"sec-websocket-protocol"
+        for token in value.split(b",")
+        if token.strip()
+    ]
 
 
 def accept_response(
