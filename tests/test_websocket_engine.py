@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -20,6 +22,7 @@ from trioserve.testing import (
     parse_responses,
     receive_all,
 )
+from trioserve.wsgi import WSGIHandler
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 HANDSHAKE = (
@@ -134,7 +137,10 @@ async def test_access_log_says_101(caplog: pytest.LogCaptureFixture) -> None:
     assert '"GET /ws HTTP/1.1" 101' in caplog.text
 
 
-async def test_graceful_shutdown_closes_with_1001(autojump_clock: trio.abc.Clock) -> None:
+@pytest.mark.parametrize(("restart", "code"), [(False, 1001), (True, 1012)])
+async def test_graceful_shutdown_closes_with_1001_or_1012_for_a_restart(
+    restart: bool, code: int, autojump_clock: trio.abc.Clock
+) -> None:
     config = trioserve.Config(shutdown_timeout=5)
     server = trioserve.Server(echo, config)
     listener = trioserve.testing.MemoryListener()
@@ -146,11 +152,11 @@ async def test_graceful_shutdown_closes_with_1001(autojump_clock: trio.abc.Clock
         conn.receive_data(await stream.receive_some())
         assert isinstance(next(conn.events()), AcceptConnection)
         start = trio.current_time()
-        nursery.start_soon(server.shutdown)
+        nursery.start_soon(functools.partial(server.shutdown, restart=restart))
         conn.receive_data(await stream.receive_some())
         [event] = conn.events()
         assert isinstance(event, CloseConnection)
-        assert event.code == 1001
+        assert event.code == code
         await stream.send_all(conn.send(event.response()))
         assert await stream.receive_some() == b""
     assert trio.current_time() - start < 5
@@ -282,3 +288,46 @@ async def test_wsproto_client_over_a_socket() -> None:
         assert any(isinstance(e, CloseConnection) for e in conn.events())
         await stream.aclose()
         await server.shutdown()
+
+
+# --- Handlers that do not take the upgrade: logged once ------------------------------
+
+
+def _wsgi_app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"no such page"]
+
+
+async def _plain_ok(request: trioserve.Request) -> trioserve.Response:
+    return trioserve.Response(200, body=b"a page, not a WebSocket")
+
+
+async def _refuses(request: trioserve.Request) -> trioserve.Response:
+    return trioserve.Response(403, body=b"no")
+
+
+@pytest.mark.parametrize(
+    ("handler", "status", "logged"),
+    [
+        (WSGIHandler(_wsgi_app), 404, "has no WebSocket support"),
+        (_plain_ok, 200, "answered with 200 instead of accepting it"),
+        (_refuses, 403, None),
+    ],
+    ids=["wsgi", "ignores-is_websocket", "refuses"],
+)
+async def test_an_upgrade_the_handler_does_not_take_is_logged_once(
+    handler: trioserve.Handler, status: int, logged: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = trioserve.Server(handler)
+    for _ in range(2):
+        with pytest.raises(WebSocketRejected) as rejected:
+            async with open_websocket(server, "/ws"):
+                pass
+        assert rejected.value.status == status
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    if logged is None:
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert logged in warning.getMessage()
+        assert "GET /ws" in warning.getMessage()

@@ -70,7 +70,7 @@ from ._opening import Ends, forward, open_tls, read_proxy
 from ._request import Request, TLSInfo
 from ._response import Response
 from ._tracker import ConnectionTracker
-from ._upgrade import end_websocket, refuse_handshake
+from ._upgrade import end_websocket, refuse_handshake, upgrade_not_taken
 
 if TYPE_CHECKING:
     from ._forwarded import TrustedPeers
@@ -458,7 +458,7 @@ class HTTPConnection:
         # are answered first, and the last answer says Connection: close.
         close = (
             last
-            or websocket
+            or (websocket and upgrade_not_taken(self, request, response.status))
             or (self.peer_eof and not proto.has_pipelined_data)
             or self._tracker.shutting_down
             or proto.unread_body_forces_close(self.config.max_drain_size)

@@ -14,8 +14,13 @@ Rules for this module:
    the handler raised), and the connection ends: no more HTTP on it. It closes
    gracefully after a closing handshake, with a reset after an abort (a write or ping
    timeout, a lost peer).
-4. Graceful shutdown closes an open WebSocket with 1001 at once; the connection
+4. Graceful shutdown closes an open WebSocket with 1001 at once (1012 when the server
+   restarts: ``Server.shutdown(restart=True)``, a worker being replaced); the connection
    nursery's deadline (``shutdown_timeout``) bounds the rest.
+5. An upgrade the handler cannot take (``supports_websocket = False``: WSGI) or
+   answers with a success instead (a handler that ignores ``is_websocket``) is
+   served as plain HTTP and logged once per server at WARNING: the client only
+   sees its upgrade refused, and the reason belongs in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import trio
 
 from ._errors import ClientDisconnected, single_leaf, split_failure
 from ._exchange import Abort
+from ._handler import supports_websocket
 from ._logging import error_logger
 from ._websocket import WebSocket, WebSocketClosed, aborted, finish_websocket, serve_websocket
 from ._ws_protocol import accept_headers, handshake_problem
@@ -37,8 +43,9 @@ if TYPE_CHECKING:
     from ._connection import HTTPConnection
     from ._exchange import Exchange
     from ._request import Request
+    from ._tracker import ConnectionTracker
 
-__all__ = ["Upgrade", "accept", "end_websocket", "refuse_handshake"]
+__all__ = ["Upgrade", "accept", "end_websocket", "refuse_handshake", "upgrade_not_taken"]
 
 HeaderPairs = Iterable[tuple[str | bytes, str | bytes]]
 
@@ -58,6 +65,8 @@ async def refuse_handshake(connection: HTTPConnection, request: Request, started
     valid. Only for requests that ask for a WebSocket."""
     problem = handshake_problem(request.method, request.http_version, request.headers.raw)
     if problem is None:
+        if not supports_websocket(connection._handler):
+            _warn_once(connection, request, "has no WebSocket support: served as plain HTTP")
         return False
     counters = connection.counters
     counters.count_refusal(problem.status)
@@ -73,6 +82,31 @@ async def refuse_handshake(connection: HTTPConnection, request: Request, started
     await connection.send(head + proto.end_response())
     connection._log_access(request, problem.status, len(body) if body_allowed else 0, started)
     return True
+
+
+def upgrade_not_taken(connection: HTTPConnection, request: Request, status: int) -> bool:
+    """The handler answered a WebSocket request with HTTP: log a success once (rule 5).
+    Returns True: the connection closes after the answer."""
+    if 200 <= status < 300:
+        _warn_once(
+            connection,
+            request,
+            f"answered with {status} instead of accepting it (request.accept_websocket())",
+        )
+    return True
+
+
+def _warn_once(connection: HTTPConnection, request: Request, what: str) -> None:
+    tracker = connection._tracker
+    if not tracker.websocket_warned:
+        tracker.websocket_warned = True
+        error_logger.warning(
+            "WebSocket upgrade %r: the handler %r %s; the client sees its upgrade refused"
+            " (logged once)",
+            request,
+            connection._handler,
+            what,
+        )
 
 
 async def accept(
@@ -122,8 +156,7 @@ async def accept(
     connection.counters.count_response(101)
     ws = WebSocket(connection.stream, protocol, config, subprotocol=subprotocol)
     upgrade = exchange.upgrade = Upgrade(ws)
-    shutdown = connection._tracker.shutdown_event
-    task = functools.partial(_serve, ws, proto.switched_data(), shutdown)
+    task = functools.partial(_serve, ws, proto.switched_data(), connection._tracker)
     connection.start_soon(task, trio.CancelScope(), upgrade.done)
     return ws
 
@@ -131,7 +164,7 @@ async def accept(
 async def _serve(
     ws: WebSocket,
     received: bytes,
-    shutdown: trio.Event,
+    tracker: ConnectionTracker,
     scope: trio.CancelScope,
     done: trio.Event,
 ) -> None:
@@ -139,7 +172,7 @@ async def _serve(
     try:
         with scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_going_away, ws, shutdown)
+                nursery.start_soon(_going_away, ws, tracker)
                 await serve_websocket(ws, received)
                 nursery.cancel_scope.cancel()
     except Exception:  # a bug of ours: it costs this connection, never the server
@@ -149,9 +182,9 @@ async def _serve(
         done.set()
 
 
-async def _going_away(ws: WebSocket, shutdown: trio.Event) -> None:
-    await shutdown.wait()
-    await ws.shutdown(1001)
+async def _going_away(ws: WebSocket, tracker: ConnectionTracker) -> None:
+    await tracker.shutdown_event.wait()
+    await ws.shutdown(tracker.going_away_code)
 
 
 async def end_websocket(
