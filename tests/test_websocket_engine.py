@@ -331,3 +331,45 @@ async def test_an_upgrade_the_handler_does_not_take_is_logged_once(
         [warning] = warnings
         assert logged in warning.getMessage()
         assert "GET /ws" in warning.getMessage()
+
+
+# --- The testing client's faults ----------------------------------------------------
+
+
+async def test_a_peer_stalled_mid_frame_is_closed_by_the_keepalive(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ended: list[tuple[int, float]] = []
+
+    async def handler(request: trioserve.Request) -> None:
+        ws = await request.accept_websocket()
+        try:
+            await ws.receive()
+        except trioserve.WebSocketClosed as closed:
+            ended.append((closed.code, trio.current_time()))
+
+    config = trioserve.Config(ws_ping_interval=20, ws_ping_timeout=20)
+    async with open_websocket(handler, config=config) as ws:
+        # Not reading while stalled, it answers no ping: dead, at interval + timeout.
+        await ws.send_stalled("x" * 1000, after=3, duration=3600)
+    assert ended == [(1011, pytest.approx(40))]
+
+
+async def test_a_peer_that_resets_is_1006_for_the_handler() -> None:
+    ended: list[int] = []
+    accepted = trio.Event()
+
+    async def handler(request: trioserve.Request) -> None:
+        ws = await request.accept_websocket()
+        accepted.set()
+        try:
+            await ws.receive()
+        except trioserve.WebSocketClosed as closed:
+            ended.append(closed.code)
+
+    server = trioserve.Server(handler)
+    async with open_websocket(server) as ws:
+        await accepted.wait()
+        ws.reset()
+    assert ended == [1006]
+    assert server.statistics().connections_aborted == 1

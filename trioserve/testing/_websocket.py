@@ -46,8 +46,13 @@ class WebSocketRejected(Exception):
 class WebSocketClient:
     """The client end of a WebSocket (see :func:`open_websocket`).
 
-    ``stream`` is the raw in-memory stream, for faults (stop reading, reset).
-    ``answer_pings = False`` plays a peer that never answers pings.
+    Faults, in virtual time as the HTTP ones: a peer that never answers pings
+    (``answer_pings = False``), one that stalls in the middle of a frame
+    (:meth:`send_stalled`), one that never reads (do not call :meth:`receive`: the
+    in-memory buffers are bounded like a socket's, so the server's writes block), and
+    one that vanishes (:meth:`reset`). ``stream`` is the raw in-memory stream.
+    Pings are answered only while :meth:`receive` runs, as a real client's event loop
+    does while it reads.
     """
 
     def __init__(self, stream: PipeStream, conn: WSConnection, subprotocol: str | None) -> None:
@@ -65,6 +70,24 @@ class WebSocketClient:
         """Send one message: ``str`` as text, ``bytes`` as binary."""
         event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
         await self.stream.send_all(self._conn.send(event))
+
+    async def send_stalled(self, message: str | bytes, *, after: int, duration: float) -> None:
+        """Send one message's frame but stall ``duration`` seconds after its first
+        ``after`` bytes (a peer that stops in the middle of a frame); stops quietly if
+        the server closes meanwhile."""
+        event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
+        data = self._conn.send(event)
+        try:
+            await self.stream.send_all(data[:after])
+            await trio.sleep(duration)
+            await self.stream.send_all(data[after:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def reset(self) -> None:
+        """Vanish without a close frame: the server's next read or write fails, as
+        after a TCP reset (its side of the WebSocket ends with 1006)."""
+        self.stream.reset()
 
     async def receive(self) -> str | bytes:
         """The next message from the server.
@@ -98,7 +121,11 @@ class WebSocketClient:
             if isinstance(event, TextMessage):
                 return "".join(str(part) for part in parts)
             return b"".join(part for part in parts if isinstance(part, bytes))
-        if isinstance(event, Ping) and self.answer_pings:
+        if (
+            isinstance(event, Ping)
+            and self.answer_pings
+            and self._conn.state is ConnectionState.OPEN
+        ):
             await self._send_quietly(self._conn.send(event.response()))
         elif isinstance(event, CloseConnection):
             self.close_code, self.close_reason = event.code, event.reason or ""
