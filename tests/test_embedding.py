@@ -77,6 +77,19 @@ async def test_nursery_start_returns_a_listening_server(nursery: trio.Nursery) -
     assert reply.body == f"('127.0.0.1', {port}) True".encode()
 
 
+async def test_port_0_is_a_free_port_of_the_kernels_choosing(nursery: trio.Nursery) -> None:
+    # Regression: port 0 read as "no port" and bound the default, 8000, so two servers
+    # embedded with port 0 collided, and one failed wherever 8000 was taken.
+    async def handler(request: Request) -> Response:
+        return Response(200)
+
+    serve = functools.partial(trioserve.serve, handler, 0, host="127.0.0.1")
+    first = await nursery.start(serve)
+    second = await nursery.start(serve)
+    assert 8000 not in first.ports + second.ports  # the default port
+    assert first.ports != second.ports
+
+
 async def test_cancelling_the_surrounding_scope_stops_everything() -> None:
     handler_outcome: list[str] = []
     in_handler = trio.Event()

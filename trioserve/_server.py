@@ -373,7 +373,8 @@ async def _open_listeners(
             unix = await open_unix_listener(uds, permissions=uds_permissions, backlog=backlog)
             opened.append(unix)
         if port is not None or not opened:
-            tcp = await trio.open_tcp_listeners(port or DEFAULT_PORT, host=host, backlog=backlog)
+            tcp_port = DEFAULT_PORT if port is None else port  # 0: the kernel picks one
+            tcp = await trio.open_tcp_listeners(tcp_port, host=host, backlog=backlog)
             opened.extend(tcp)
     except BaseException:
         for listener in opened:
