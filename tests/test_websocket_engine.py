@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
 
 import pytest
 import trio
+import trio.lowlevel
 from websockets.sync.client import connect as sync_connect
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
@@ -333,6 +335,29 @@ async def test_an_upgrade_the_handler_does_not_take_is_logged_once(
         assert "GET /ws" in warning.getMessage()
 
 
+async def test_a_cancelled_write_aborts_the_websocket(autojump_clock: trio.abc.Clock) -> None:
+    # A send cut off by the handler's own timeout may have written part of a frame:
+    # the WebSocket cannot go on, so it is aborted (1006), never left half-framed.
+    after: list[int] = []
+    done = trio.Event()
+
+    async def handler(request: trioserve.Request) -> None:
+        ws = await request.accept_websocket()
+        with trio.move_on_after(1):
+            await ws.send(b"x" * 1_000_000)  # the client does not read
+        assert ws.close_code == 1006
+        with pytest.raises(trioserve.WebSocketClosed) as closed:
+            await ws.send("more")
+        after.append(closed.value.code)
+        done.set()
+
+    server = trioserve.Server(handler)
+    async with open_websocket(server, buffer_size=1024):
+        await done.wait()
+    assert after == [1006]
+    assert server.statistics().connections_aborted == 1
+
+
 # --- The testing client's faults ----------------------------------------------------
 
 
@@ -373,3 +398,39 @@ async def test_a_peer_that_resets_is_1006_for_the_handler() -> None:
         ws.reset()
     assert ended == [1006]
     assert server.statistics().connections_aborted == 1
+
+
+# --- The example ------------------------------------------------------------------------
+
+
+async def test_the_chat_example_broadcasts_and_drops_a_member_that_falls_behind() -> None:
+    from examples import websocket_chat
+
+    websocket_chat.room.members.clear()
+    server = trioserve.Server(websocket_chat.handler)
+    total = websocket_chat.BACKLOG * 4
+    async with (
+        open_websocket(server, "/chat") as alice,
+        open_websocket(server, "/chat", buffer_size=1024) as bob,
+    ):
+        while len(websocket_chat.room.members) < 2:
+            await trio.lowlevel.checkpoint()
+        await alice.send("hello")
+        assert await alice.receive() == "hello"
+        assert await bob.receive() == "hello"
+        # Bob stops reading: once his socket buffer and his BACKLOG are full, he is
+        # dropped from the room and closed with 1008; Alice goes on.
+        for n in range(total):
+            await alice.send(f"{n:04d}" + "x" * 96)
+            assert (await alice.receive())[:4] == f"{n:04d}"
+        received = []
+        while bob.close_code is None:
+            with contextlib.suppress(trioserve.WebSocketClosed):
+                received.append(await bob.receive())
+        assert bob.close_code == 1008
+        assert 0 < len(received) < total
+        assert len(websocket_chat.room.members) == 1
+    with pytest.raises(WebSocketRejected) as rejected:
+        async with open_websocket(server, "/elsewhere"):
+            pass
+    assert rejected.value.status == 404

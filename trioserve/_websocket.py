@@ -18,6 +18,8 @@ Rules for this module:
                                 dead peer                        math.inf: none)
    ===========================  ===============================  ====================
 
+   A write that is cancelled (the application's own timeout, a task cancelled with
+   its nursery) aborts the connection: part of a frame may be out.
    A ping timeout counts only while the reader reads: a pong queued behind a message
    the application has not taken is not the peer's fault.
 3. Nothing queues without bound. The reader hands one complete message at a time to
@@ -157,6 +159,9 @@ class WebSocket:
 
     async def send(self, message: str | bytes) -> None:
         """Send one whole message: ``str`` as text, ``bytes`` as binary.
+
+        Cancelling a ``send()`` that has begun to write aborts the WebSocket (1006):
+        a frame cut off in the middle cannot be taken back.
 
         Raises:
             WebSocketClosed: the WebSocket is closing or closed (also when this write
@@ -361,6 +366,12 @@ class WebSocket:
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._decide(_ABNORMAL, "")
+        except trio.Cancelled:
+            # Part of a frame may be out, and a frame cannot be taken back: nothing
+            # more can be sent on this stream.
+            self._decide(_ABNORMAL, "a write was cancelled")
+            self._end(_State.ABORTED)
+            raise
         self._end(_State.ABORTED)
         raise self._closed()
 
