@@ -1,5 +1,6 @@
 """The PNG chart of one run (needs matplotlib, an optional bench dependency)."""
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.typing import ColorType
 from report import RAW_SERVER
 from results import Results
+from scenarios import WS_MESSAGES
 from servers import ServerSpec
 
 BAR_GROUP_WIDTH = 0.8
@@ -22,31 +24,48 @@ def write_chart(
     concurrencies: Sequence[int],
     path: Path,
 ) -> None:
-    """Draw throughput, latency, limit ratios, echo, idle memory and slowloris."""
+    """Draw throughput, latency, limit ratios, echo, idle memory and slowloris (the
+    HTTP rows, when any of them ran) and the WebSocket echo (a row, when it ran)."""
     names = [spec.name for spec in servers]
     palette = colormaps["tab10"]
-    colors: Colors = {name: palette(index) for index, name in enumerate(names)}
-    figure = Figure(figsize=(18, 10))
-    axes = figure.subplots(2, 3)
-    _throughput(axes[0][0], results, names, colors, concurrencies)
-    _grouped(
-        axes[0][1], names, colors, concurrencies, results.median_p99_ms,
-        "p99 latency (ms, log scale)",
-    )  # fmt: skip
-    axes[0][1].set_yscale("log")
-    _limit_ratio(axes[0][2], results, names, colors, concurrencies)
-    _bars(
-        axes[1][0], names, colors, results.median_echo_rps,
-        "1 MiB POST echo: MiB/s each way",
-    )  # fmt: skip
-    _bars(
-        axes[1][1], names, colors, lambda name: _kib_per_connection(results, name),
-        "idle keep-alive connection: KiB of RSS each",
-    )  # fmt: skip
-    _slowloris(axes[1][2], results, names, colors)
+    colors: Colors = {name: palette(index % palette.N) for index, name in enumerate(names)}
+    http = bool(results.throughput or results.echo or results.idle or results.slowloris)
+    rows = 2 * http + bool(results.websocket) or 2
+    figure = Figure(figsize=(18, 5 * rows))
+    axes = figure.subplots(rows, 3, squeeze=False)
+    if http or not results.websocket:
+        _http(axes[0], axes[1], results, names, colors, concurrencies)
+    if results.websocket:
+        _websocket(axes[-1], results, names, colors)
     figure.suptitle(f"trioserve benchmark, {results.meta.date}: {results.meta.cpu}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def _http(
+    top: Sequence[Axes],
+    bottom: Sequence[Axes],
+    results: Results,
+    names: Sequence[str],
+    colors: Colors,
+    concurrencies: Sequence[int],
+) -> None:
+    _throughput(top[0], results, names, colors, concurrencies)
+    _grouped(
+        top[1], names, colors, concurrencies, results.median_p99_ms,
+        "p99 latency (ms, log scale)",
+    )  # fmt: skip
+    top[1].set_yscale("log")
+    _limit_ratio(top[2], results, names, colors, concurrencies)
+    _bars(
+        bottom[0], names, colors, results.median_echo_rps,
+        "1 MiB POST echo: MiB/s each way",
+    )  # fmt: skip
+    _bars(
+        bottom[1], names, colors, lambda name: _kib_per_connection(results, name),
+        "idle keep-alive connection: KiB of RSS each",
+    )  # fmt: skip
+    _slowloris(bottom[2], results, names, colors)
 
 
 def _grouped(
@@ -123,6 +142,22 @@ def _bars(
     )
     axis.set_title(title)
     axis.tick_params(axis="x", labelrotation=30)
+
+
+def _websocket(
+    axes: Sequence[Axes], results: Results, names: Sequence[str], colors: Colors
+) -> None:
+    connections = results.meta.websocket_connections
+    for axis, message in zip(axes, WS_MESSAGES, strict=False):
+        rate = functools.partial(_ws_rate, results, message.label)
+        title = f"WebSocket echo, {message.label}, {connections} connections: messages/s"
+        _bars(axis, names, colors, rate, title)
+    for axis in axes[len(WS_MESSAGES) :]:
+        axis.set_axis_off()
+
+
+def _ws_rate(results: Results, message: str, name: str) -> float | None:
+    return results.median_ws_rate(name, message)
 
 
 def _kib_per_connection(results: Results, name: str) -> float | None:

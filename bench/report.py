@@ -3,7 +3,8 @@
 from collections.abc import Callable, Sequence
 
 from results import Results
-from servers import ServerSpec
+from scenarios import WS_MESSAGES
+from servers import ECHO, IDLE, SLOWLORIS, THROUGHPUT, WEBSOCKET, ServerSpec
 
 RAW_SERVER = "trio-raw"
 MISSING = "—"
@@ -12,15 +13,31 @@ Cells = Callable[[str], list[str] | None]
 
 
 def markdown(results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]) -> str:
-    sections = [
-        _header(results),
-        _throughput(results, servers, concurrencies),
-        _limit_ratios(results, servers, concurrencies),
-        _peer_ratios(results, servers, concurrencies),
-        _limits(results, concurrencies),
-        _echo(results, servers),
-        _idle(results, servers),
-        _slowloris(results, servers),
+    ran = set(results.meta.scenarios)
+
+    def running(*scenarios: str) -> list[ServerSpec]:
+        """The servers that ran any of ``scenarios`` (none if the run left them out)."""
+        wanted = ran.intersection(scenarios)
+        return [spec for spec in servers if spec.scenarios & wanted]
+
+    load = running(THROUGHPUT, ECHO)
+    sections = [_header(results)]
+    if THROUGHPUT in ran:
+        sections += [
+            _throughput(results, running(THROUGHPUT), concurrencies),
+            _limit_ratios(results, running(THROUGHPUT), concurrencies),
+        ]
+    if load:
+        sections.append(_peer_ratios(results, load, concurrencies))
+    if THROUGHPUT in ran:
+        sections.append(_limits(results, concurrencies))
+    sections += [
+        _echo(results, running(ECHO)),
+        _websocket(results, running(WEBSOCKET)),
+        _websocket_ratios(results, running(WEBSOCKET)),
+        _websocket_errors(results),
+        _idle(results, running(IDLE)),
+        _slowloris(results, running(SLOWLORIS)),
         _unavailable(results),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
@@ -149,6 +166,75 @@ def _echo(results: Results, servers: Sequence[ServerSpec]) -> str:
     title = "1 MiB POST echo (16 connections)"
     headers = ["server", "req/s", "MiB/s each way", "p99"]
     return _section(title, headers, _rows(results, servers, cells))
+
+
+def _websocket(results: Results, servers: Sequence[ServerSpec]) -> str:
+    def cells(name: str) -> list[str] | None:
+        if name not in results.websocket and name not in results.websocket_errors:
+            return None
+        row = [_ws_cell(results, name, message.label) for message in WS_MESSAGES]
+        large = WS_MESSAGES[-1]
+        rate = results.median_ws_rate(name, large.label)
+        row.append(_number(rate and rate * large.size / 2**20, "{:,.0f}"))
+        cpu = [results.max_ws_client_cpu(name, message.label) for message in WS_MESSAGES]
+        row.append(" / ".join(_number(share and share * 100, "{:.0f}%") for share in cpu))
+        return row
+
+    connections = results.meta.websocket_connections
+    title = (
+        f"WebSocket echo ({connections} connections, one message in flight on each):"
+        " messages/s (p99 round trip)"
+    )
+    labels = [message.label for message in WS_MESSAGES]
+    headers = [
+        "server",
+        *labels,
+        f"{labels[-1]}: MiB/s each way",
+        "client CPU, max (" + " / ".join(labels) + ")",
+    ]
+    return _section(title, headers, _rows(results, servers, cells))
+
+
+def _ws_cell(results: Results, server: str, message: str) -> str:
+    if results.websocket_failed(server, message):
+        return "failed (below)"
+    rate = results.median_ws_rate(server, message)
+    if rate is None:
+        return MISSING
+    return f"{_rps(rate)} ({_ms(results.median_ws_p99_ms(server, message))})"
+
+
+def _websocket_ratios(results: Results, servers: Sequence[ServerSpec]) -> str:
+    subjects = [s.name for s in servers if s.kind == "trioserve" and s.name in results.websocket]
+    peers = [spec.name for spec in servers if spec.kind != "trioserve"]
+    rows = [
+        [
+            f"{subject} / {peer}",
+            *(
+                _ratio(
+                    results.median_ws_rate(subject, message.label),
+                    results.median_ws_rate(peer, message.label),
+                )
+                for message in WS_MESSAGES
+            ),
+        ]
+        for subject in subjects
+        for peer in peers
+    ]
+    title = "trioserve / each peer, WebSocket messages/s (above 1.00x = trioserve faster)"
+    return _section(title, ["ratio", *(message.label for message in WS_MESSAGES)], rows)
+
+
+def _websocket_errors(results: Results) -> str:
+    if not results.websocket_errors:
+        return ""
+    lines = ["### WebSocket echo failures", ""]
+    lines += [
+        f"- **{name}**, {message}: {reason}"
+        for name, failures in results.websocket_errors.items()
+        for message, reason in failures.items()
+    ]
+    return "\n".join(lines)
 
 
 def _idle(results: Results, servers: Sequence[ServerSpec]) -> str:

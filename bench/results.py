@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from scenarios import IdleResult, SlowlorisResult
 from wrk import WrkResult
+from ws_client import WsResult
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,13 @@ class RunInfo:
     cpu: str
     server_cpu: str
     load_cpu: str
+    scenarios: list[str]
     repetitions: int
     seconds: int
     concurrencies: list[int]
     idle_connections: int
     slowloris_connections: int
+    websocket_connections: int
     servers: dict[str, str]
     versions: dict[str, str]
 
@@ -36,6 +39,10 @@ class Results:
     echo: dict[str, list[WrkResult]] = field(default_factory=dict)
     idle: dict[str, IdleResult] = field(default_factory=dict)
     slowloris: dict[str, SlowlorisResult] = field(default_factory=dict)
+    #: server -> message label ("16 B text") -> one result per repetition
+    websocket: dict[str, dict[str, list[WsResult]]] = field(default_factory=dict)
+    #: server -> message label -> why the client failed (the server kept running)
+    websocket_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
 
     def add_throughput(self, server: str, connections: int, result: WrkResult) -> None:
@@ -43,6 +50,24 @@ class Results:
 
     def add_echo(self, server: str, result: WrkResult) -> None:
         self.echo.setdefault(server, []).append(result)
+
+    def add_websocket(self, server: str, message: str, result: WsResult) -> None:
+        self.websocket.setdefault(server, {}).setdefault(message, []).append(result)
+
+    def websocket_failed(self, server: str, message: str) -> str | None:
+        return self.websocket_errors.get(server, {}).get(message)
+
+    def median_ws_rate(self, server: str, message: str) -> float | None:
+        runs = self.websocket.get(server, {}).get(message, [])
+        return median(run.messages_per_second for run in runs)
+
+    def median_ws_p99_ms(self, server: str, message: str) -> float | None:
+        runs = self.websocket.get(server, {}).get(message, [])
+        return median(run.p99_ms for run in runs)
+
+    def max_ws_client_cpu(self, server: str, message: str) -> float | None:
+        runs = self.websocket.get(server, {}).get(message, [])
+        return max((run.client_cpu for run in runs), default=None)
 
     def median_rps(self, server: str, connections: int) -> float | None:
         runs = self.throughput.get(server, {}).get(connections, [])

@@ -1,11 +1,12 @@
 """Benchmark trioserve against hypercorn and uvicorn: the one command.
 
-Starts each server pinned to CPU 0 with wrk on CPU 1, runs the throughput and
-echo scenarios in interleaved repetitions (A B C A B C ...), then idle-connection
-memory and slowloris latency, and writes bench/results/latest.json,
-bench/results/latest.md and bench/results/chart.png. See bench/README.md.
+Starts each server pinned to CPU 0 with wrk (or the WebSocket client) on CPU 1,
+runs the throughput and echo scenarios in interleaved repetitions (A B C A B C
+...), then the WebSocket echo the same way, then idle-connection memory and
+slowloris latency, and writes bench/results/latest.json, bench/results/latest.md
+and bench/results/chart.png. See bench/README.md.
 
-Usage: ``python bench/run.py`` (about 8 minutes) or ``python bench/run.py --quick``
+Usage: ``python bench/run.py`` (about 13 minutes) or ``python bench/run.py --quick``
 """
 
 import argparse
@@ -36,15 +37,20 @@ from servers import (
     SERVER_NAMES,
     SLOWLORIS,
     THROUGHPUT,
+    WEBSOCKET,
     RunningServer,
     ServerSpec,
     running,
     server_spec,
 )
 from wrk import LOAD_CPU
+from ws_client import WsClientError
 
 RESULTS_DIR = BENCH / "results"
-VERSIONED = ("trioserve", "trio", "h11", "hypercorn", "uvicorn", "httptools", "uvloop")
+VERSIONED = (
+    "trioserve", "trio", "h11", "wsproto", "hypercorn", "uvicorn", "httptools", "uvloop",
+    "websockets",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Settings:
     idle_connections: int
     slowloris_connections: int
     slowloris_interval: float
+    websocket_connections: int
     h11_requests: int
     output: Path
 
@@ -91,9 +98,13 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--seconds", type=int, help="per wrk run (whole); default 3, quick 1")
     parser.add_argument("--idle-connections", type=int, help="default 5000, quick 1000")
     parser.add_argument("--slowloris-connections", type=int, help="default 500, quick 100")
+    parser.add_argument(
+        "--ws-connections", type=int, default=16, help="WebSocket echo connections (default 16)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    for option in ("repetitions", "seconds", "idle_connections", "slowloris_connections"):
+    positive = ("repetitions", "seconds", "idle_connections", "slowloris_connections")
+    for option in (*positive, "ws_connections"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     quick = args.quick
@@ -106,6 +117,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         idle_connections=args.idle_connections or (1000 if quick else 5000),
         slowloris_connections=args.slowloris_connections or (100 if quick else 500),
         slowloris_interval=1.0,
+        websocket_connections=args.ws_connections,
         h11_requests=5000 if quick else 20000,
         output=args.output,
     )
@@ -119,6 +131,7 @@ def main() -> None:
     started = time.monotonic()
     _measure_h11(settings, results)
     _load_phase(settings, results)
+    _websocket_phase(settings, results)
     _connection_phase(settings, results)
     table = report.markdown(results, settings.servers, settings.concurrencies)
     _write(settings, results, table)
@@ -143,11 +156,13 @@ def _meta(settings: Settings, argv: Sequence[str]) -> RunInfo:
         cpu=_cpu_model(),
         server_cpu=SERVER_CPU,
         load_cpu=LOAD_CPU,
+        scenarios=sorted(settings.scenarios),
         repetitions=settings.repetitions,
         seconds=settings.seconds,
         concurrencies=settings.concurrencies,
         idle_connections=settings.idle_connections,
         slowloris_connections=settings.slowloris_connections,
+        websocket_connections=settings.websocket_connections,
         servers={spec.name: spec.description for spec in settings.servers},
         versions=_versions(),
     )
@@ -200,6 +215,38 @@ def _load(settings: Settings, results: Results, label: str, server: RunningServe
         run = scenarios.echo(server, settings.seconds)
         results.add_echo(server.spec.name, run)
         _progress(f"{label} echo: {run.requests_per_second:,.0f} MiB/s")
+
+
+def _websocket_phase(settings: Settings, results: Results) -> None:
+    """The WebSocket echo, each message size in turn, interleaved: A B C A B C ..."""
+    servers = settings.runs(WEBSOCKET)
+    for repetition in range(1, settings.repetitions + 1):
+        for spec in servers:
+            label = f"[{repetition}/{settings.repetitions}] {spec.name}"
+            measure = functools.partial(_websocket, settings, results, label)
+            _with_server(spec, results, measure)
+
+
+def _websocket(settings: Settings, results: Results, label: str, server: RunningServer) -> None:
+    """Both message sizes; a client failure is recorded for that size alone (the
+    server runs on, and its other scenarios are not affected)."""
+    name = server.spec.name
+    for message in scenarios.WS_MESSAGES:
+        if results.websocket_failed(name, message.label):
+            continue
+        try:
+            run = scenarios.websocket_echo(
+                server, message, settings.websocket_connections, settings.seconds
+            )
+        except WsClientError as error:
+            results.websocket_errors.setdefault(name, {})[message.label] = str(error)
+            _progress(f"{label} websocket {message.label}: FAILED: {error}")
+            continue
+        results.add_websocket(name, message.label, run)
+        _progress(
+            f"{label} websocket {message.label}: {run.messages_per_second:,.0f} msg/s,"
+            f" p99 {run.p99_ms} ms, client CPU {run.client_cpu:.0%}"
+        )
 
 
 def _connection_phase(settings: Settings, results: Results) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from clients import SlowlorisReport, idle_connections, under_slowloris
 from servers import BENCH, SERVER_CPU, RunningServer
 from wrk import WrkResult, run_wrk
+from ws_client import WsResult, run_ws_client
 
 ECHO_SCRIPT = BENCH / "lua" / "echo.lua"
 ECHO_CONNECTIONS = 16
@@ -37,6 +38,21 @@ class IdleResult:
 
 
 @dataclass(frozen=True)
+class WsMessage:
+    """A WebSocket message the echo scenario sends: its label, size and kind."""
+
+    label: str
+    size: int
+    kind: str
+
+
+WS_MESSAGES = (
+    WsMessage("16 B text", 16, "text"),
+    WsMessage("64 KiB binary", 64 * 1024, "binary"),
+)
+
+
+@dataclass(frozen=True)
 class SlowlorisResult:
     """Ordinary clients' latency without and with slowloris connections held."""
 
@@ -56,6 +72,14 @@ def throughput(server: RunningServer, connections: int, seconds: int) -> WrkResu
 def echo(server: RunningServer, seconds: int) -> WrkResult:
     """POST 1 MiB bodies that the server echoes back."""
     return run_wrk(server.url, ECHO_CONNECTIONS, seconds, script=ECHO_SCRIPT)
+
+
+def websocket_echo(
+    server: RunningServer, message: WsMessage, connections: int, seconds: int
+) -> WsResult:
+    """Each of ``connections`` WebSockets sends ``message`` and waits for its echo, in a
+    loop (after the client's own 1 s warm-up)."""
+    return run_ws_client(server.port, message.size, message.kind, connections, seconds)
 
 
 def idle_memory(server: RunningServer, count: int) -> IdleResult:

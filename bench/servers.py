@@ -31,7 +31,11 @@ THROUGHPUT = "throughput"
 ECHO = "echo"
 IDLE = "idle"
 SLOWLORIS = "slowloris"
-ALL_SCENARIOS = frozenset({THROUGHPUT, ECHO, IDLE, SLOWLORIS})
+WEBSOCKET = "websocket"
+HTTP_SCENARIOS = frozenset({THROUGHPUT, ECHO, IDLE, SLOWLORIS})
+ALL_SCENARIOS = HTTP_SCENARIOS | {WEBSOCKET}
+#: Keepalive pings every hour: never within a run, so none interferes with the echo.
+WS_PING_SECONDS = "3600"
 
 Kind = Literal["trioserve", "peer", "limit"]
 
@@ -85,10 +89,13 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def _uvicorn(http: str, loop: str) -> Callable[[int], list[str]]:
+def _uvicorn(http: str, loop: str, ws: str | None = None) -> Callable[[int], list[str]]:
     def command(port: int) -> list[str]:
         flags = f"--http {http} --loop {loop} --lifespan on --no-access-log"
         flags += f" --log-level warning --timeout-keep-alive {KEEP_ALIVE_SECONDS}"
+        if ws is not None:
+            flags += f" --ws {ws} --ws-per-message-deflate false"
+            flags += f" --ws-ping-interval {WS_PING_SECONDS} --ws-ping-timeout {WS_PING_SECONDS}"
         return _python("-m", "uvicorn", ASGI_APP, *_bind_flags(port), *flags.split())
 
     return command
@@ -104,6 +111,7 @@ def _script(path: Path, *args: str) -> Callable[[int], list[str]]:
 
 def _trioserve_asgi(port: int) -> list[str]:
     flags = ["--interface", "asgi", *_bind_flags(port), "--no-access-log"]
+    flags += ["--no-ws-per-message-deflate", "--ws-ping-interval", "inf"]
     return _python("-m", "trioserve", ASGI_APP, *flags)
 
 
@@ -137,18 +145,35 @@ SERVERS: tuple[ServerSpec, ...] = (
         "uvicorn, h11 + asyncio",
         "peer",
         _uvicorn("h11", "asyncio"),
+        HTTP_SCENARIOS,
     ),
     ServerSpec(
         "uvicorn-httptools",
         "uvicorn, httptools + uvloop",
         "peer",
         _uvicorn("httptools", "uvloop"),
+        HTTP_SCENARIOS,
+    ),
+    ServerSpec(
+        "uvicorn-wsproto",
+        "uvicorn, h11 + asyncio, --ws wsproto",
+        "peer",
+        _uvicorn("h11", "asyncio", "wsproto"),
+        frozenset({WEBSOCKET}),
+    ),
+    ServerSpec(
+        "uvicorn-websockets",
+        "uvicorn, h11 + asyncio, --ws websockets",
+        "peer",
+        _uvicorn("h11", "asyncio", "websockets"),
+        frozenset({WEBSOCKET}),
     ),
     ServerSpec(
         "trio-h11-loop",
         "plain trio + h11 loop (bench/apps/h11_loop.py)",
         "peer",
         _script(APPS / "h11_loop.py"),
+        HTTP_SCENARIOS,
     ),
     ServerSpec(
         "trio-raw",
@@ -156,6 +181,13 @@ SERVERS: tuple[ServerSpec, ...] = (
         "limit",
         _script(BENCH / "limits.py", "serve-raw"),
         frozenset({THROUGHPUT, IDLE}),
+    ),
+    ServerSpec(
+        "trio-ws-raw",
+        "raw trio WebSocket echo: frames by hand, no wsproto (bench/ws_raw.py)",
+        "limit",
+        _script(BENCH / "ws_raw.py"),
+        frozenset({WEBSOCKET}),
     ),
 )
 SERVER_NAMES = tuple(spec.name for spec in SERVERS)

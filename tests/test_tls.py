@@ -923,3 +923,39 @@ async def test_cli_sighup_replaces_an_rsa_certificate_by_an_ecdsa_one(tmp_path: 
         assert der == der_of(ecdsa.cert_chain_pems[0].bytes())
         with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
             await get_over_tls(child, rsa_only)  # no RSA certificate is left to offer
+
+
+# --- WebSocket over TLS (wss) --------------------------------------------------------
+
+
+async def test_wss_native_and_asgi(nursery: trio.Nursery, pki: PKI, quiet: None) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    schemes: list[object] = []
+
+    async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
+        schemes.append(scope["scheme"])
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": f"asgi {message['text']}"})
+
+    async def native(request: Request) -> None:
+        ws = await request.accept_websocket()
+        await ws.send("native " + str(await ws.receive()))
+
+    asgi = ASGIHandler(asgi_app, lifespan="off")
+    context = trioserve.create_ssl_context(pki.cert, pki.key)
+    native_server = await start(nursery, native, context)
+    asgi_server = await start(nursery, asgi, context, lifespan=asgi.lifespan)
+
+    def talk(port: int) -> str | bytes:
+        with ws_connect(f"wss://127.0.0.1:{port}/", ssl=client_context(pki)) as ws:
+            ws.send("hi")
+            return ws.recv(timeout=BOUND)
+
+    assert await trio.to_thread.run_sync(talk, native_server.ports[0]) == "native hi"
+    assert await trio.to_thread.run_sync(talk, asgi_server.ports[0]) == "asgi hi"
+    assert schemes == ["wss"]
+    await native_server.shutdown()
+    await asgi_server.shutdown()

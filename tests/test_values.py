@@ -189,6 +189,11 @@ def test_config_defaults_are_finite_where_they_defend() -> None:
         "proxy_headers": True,
         "forwarded_allow_ips": ("127.0.0.1",),
         "proxy_protocol": False,
+        "ws_max_size": 16 * 1024 * 1024,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+        "ws_close_timeout": 10.0,
+        "ws_per_message_deflate": True,
     }
     # Every limit but the requests per connection defends by default: none is inf.
     for field in dataclasses.fields(Config):
@@ -236,6 +241,12 @@ def test_config_inf_means_no_limit() -> None:
         ({"server_header": "bad\nvalue"}, ValueError),
         ({"server_header": "café"}, ValueError),
         ({"server_header": 5}, TypeError),
+        ({"ws_max_size": 0}, ValueError),
+        ({"ws_max_size": 1.5}, ValueError),
+        ({"ws_ping_interval": 0}, ValueError),
+        ({"ws_ping_timeout": -1}, ValueError),
+        ({"ws_close_timeout": math.nan}, ValueError),
+        ({"ws_per_message_deflate": 1}, TypeError),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(

@@ -951,3 +951,48 @@ async def test_a_bad_worker_flag_is_one_line_and_exit_2(flags: Sequence[str], li
     assert status == 2
     assert children == set()
     assert supervisor.stderr == f"trioserve: {line} (see python -m trioserve --help)\n"
+
+
+# --- WebSockets: 1012 for a restart, 1001 for a stop -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGHUP, 1012), (signal.SIGTERM, 1001)], ids=["HUP", "TERM"]
+)
+async def test_open_websockets_hear_a_restart_as_1012_and_a_stop_as_1001(
+    signum: signal.Signals, code: int
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    async with supervising("--workers", "1", "--port", "0") as sup:
+        opened = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def client() -> int | None:
+            with connect(f"ws://127.0.0.1:{sup.port}/ws", open_timeout=BOUND) as ws:
+                ws.send("before")
+                assert ws.recv(timeout=BOUND) == "before"
+                trio.from_thread.run_sync(opened.set, trio_token=token)
+                try:
+                    ws.recv(timeout=BOUND)
+                except ConnectionClosed as closed:
+                    return closed.rcvd.code if closed.rcvd is not None else None
+            return None
+
+        async with trio.open_nursery() as nursery:
+            got: list[int | None] = []
+
+            async def run_client() -> None:
+                got.append(await trio.to_thread.run_sync(client))
+
+            nursery.start_soon(run_client)
+            with trio.fail_after(BOUND):
+                await opened.wait()
+            sup.signal(signum)
+        assert got == [code], sup.stderr
+        if signum == signal.SIGHUP:
+            await sup.wait_for(rb"restart done")
+            sup.signal(signal.SIGTERM)
+        assert await sup.exit_status() == 0, sup.stderr
+    assert "Traceback" not in sup.stderr

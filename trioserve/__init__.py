@@ -32,3 +32,5 @@ from ._tls import TLSConfigError as TLSConfigError
 from ._tls import create_ssl_context as create_ssl_context
 from ._tls import reload_certificates as reload_certificates
 from ._version import __version__ as __version__
+from ._websocket import WebSocket as WebSocket
+from ._websocket import WebSocketClosed as WebSocketClosed

@@ -194,7 +194,7 @@ def _metavar(name: str, hint: object) -> str:
         return "ADDRESSES"
     if hint is not float and hint is not int:
         return "TEXT"
-    if name.endswith(("_timeout", "_grace")):
+    if name.endswith(("_timeout", "_grace", "_interval")):
         return "SECONDS"
     if name.endswith("_rate"):
         return "BYTES/S"

@@ -134,6 +134,36 @@ class Config:
     #: 2048 as uvicorn (hypercorn: 100).
     backlog: int = 2048
 
+    # --- WebSocket ----------------------------------------------------------------------
+
+    #: Largest WebSocket message in bytes, counted on the assembled message (all its
+    #: fragments) after decompression; a larger one closes the connection with 1009
+    #: before more than this much is held. Stops a peer from filling memory with one
+    #: endless message, or with a small compressed one that inflates without bound (a
+    #: deflate bomb). 16 MiB as uvicorn's --ws-max-size (websockets: 1 MiB).
+    ws_max_size: float = 16 * _MiB
+
+    #: Time between keepalive pings on an idle or busy WebSocket; ``math.inf`` sends
+    #: none. With ``ws_ping_timeout`` it finds peers that vanished without a close
+    #: (a dropped network, a sleeping laptop), so dead connections do not pile up.
+    #: 20 s as uvicorn and websockets.
+    ws_ping_interval: float = 20.0
+
+    #: Time allowed for the pong that answers a keepalive ping; then the connection is
+    #: closed with 1011 and aborted. 20 s as uvicorn and websockets.
+    ws_ping_timeout: float = 20.0
+
+    #: Time allowed for the peer's close frame once ours is sent (the closing
+    #: handshake); then the connection is closed all the same. Stops a peer that never
+    #: answers a close from holding the connection open. 10 s as websockets'
+    #: close_timeout (uvicorn: none of its own).
+    ws_close_timeout: float = 10.0
+
+    #: Offer permessage-deflate (RFC 7692) to WebSocket clients that ask for it.
+    #: Compression costs CPU and about 300 KiB of zlib state per connection; the
+    #: decompressed size of every message is bounded by ``ws_max_size``. On, as uvicorn.
+    ws_per_message_deflate: bool = True
+
     # --- Identity ----------------------------------------------------------------------
 
     #: Value of the ``Server`` header on every response; ``None`` leaves it out.
@@ -173,7 +203,7 @@ class Config:
             raise TypeError(f"backlog must be an int, not {type(self.backlog).__name__}")
         if self.backlog < 1:
             raise ValueError(f"backlog must be at least 1, not {self.backlog!r}")
-        for name in ("proxy_headers", "proxy_protocol"):
+        for name in ("proxy_headers", "proxy_protocol", "ws_per_message_deflate"):
             if type(getattr(self, name)) is not bool:
                 raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
         allowed = self.forwarded_allow_ips
@@ -199,6 +229,9 @@ _SECONDS = (
     "write_timeout",
     "handshake_timeout",
     "shutdown_timeout",
+    "ws_ping_interval",
+    "ws_ping_timeout",
+    "ws_close_timeout",
 )
 _SIZES = (
     "max_header_size",
@@ -208,6 +241,7 @@ _SIZES = (
     "max_drain_size",
     "max_connections",
     "max_requests_per_connection",
+    "ws_max_size",
 )
 
 

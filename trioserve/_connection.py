@@ -32,7 +32,8 @@ Rules for this module:
    while a send is stuck on a client that does not read.
 3. The handler runs in this task (no task per request); the exchange with it (the
    handler call, the request body, the disconnect watcher, sending its response) is
-   ``_exchange``'s; this module keeps the loop, the head, and the writes.
+   ``_exchange``'s, a WebSocket upgrade ``_upgrade``'s; this module keeps the loop,
+   the head, and the writes.
 4. Errors are sorted at this boundary: protocol refusals get their status and a
    close; a handler failure before the response gets a 500; anything after the
    response started aborts the connection, never a truncated response that looks
@@ -69,6 +70,7 @@ from ._opening import Ends, forward, open_tls, read_proxy
 from ._request import Request, TLSInfo
 from ._response import Response
 from ._tracker import ConnectionTracker
+from ._upgrade import end_websocket, refuse_handshake, upgrade_not_taken
 
 if TYPE_CHECKING:
     from ._forwarded import TrustedPeers
@@ -155,18 +157,15 @@ class HTTPConnection:
         self._current: Exchange | None = None
         self._evicted = False
         self._served = 0  # requests whose head was received
-        # A request came as the idle wait was cancelled: go on in a fresh scope
-        # (after it, close if that was an eviction).
+        # A request came as the idle wait was cancelled: serve it in a fresh scope.
         self._late = self._last = False
         self._deadline = _INF  # the deadline of that wait
         self._phase = _IDLE
         # Adapters whose applications learn of a vanished client their own way (ASGI's
-        # http.disconnect) set ``watch_disconnect = False`` on the handler: the watcher
-        # is then started only when someone calls Request.wait_disconnected().
+        # http.disconnect) set ``watch_disconnect = False``: a watcher only when asked.
         self._watch = watches_disconnect(handler)
         self._nursery: trio.Nursery | None = None
-        # A 100 Continue h11 was told about and nobody has written yet (rule 5), and
-        # the event of its write while the reader task does it.
+        # A 100 Continue owed (rule 5), and the event of its write by the reader task.
         self._owed = b""
         self._continue_sending: trio.Event | None = None
         self._write_failed = False  # a write was cut short: nothing more may be sent
@@ -239,8 +238,7 @@ class HTTPConnection:
             return True
         if phase == _WRITE:
             self._write_timed_out()
-        # A _HANDLER phase has no deadline and only the watcher (handled above) cancels
-        # it: reaching here is a bug of ours, which serve() logs and survives.
+        # Only the watcher (above) cancels a _HANDLER phase: a bug of ours if here.
         raise AssertionError(f"connection scope fired in phase {phase}")
 
     async def _serve_requests(self) -> bool:
@@ -377,9 +375,8 @@ class HTTPConnection:
             self._evicted = tracker.leave_idle(scope)
         if scope.cancel_called:
             if data:
-                # Evicted, shut down or timed out as the bytes came: they came by
-                # then, and a client cannot tell they were late (no FIN went out).
-                # Served, in a fresh scope (this one stays cancelled); see serve().
+                # Evicted, shut down or timed out as the bytes came: they came by then
+                # (no FIN went out). Served in a fresh scope; see serve().
                 self._late = True
                 self._deadline = deadline
                 if self._evicted:  # busy now, not room: the accept loop may take another
@@ -434,15 +431,19 @@ class HTTPConnection:
     async def _respond(self, request: Request, exchange: Exchange, *, last: bool) -> bool:
         started = trio.current_time()
         self._phase = _HANDLER
+        if (websocket := request.is_websocket) and await refuse_handshake(self, request, started):
+            return False
         try:
             response: object = await exchange.call(self._handler, request, watch=self._watch)
-            if not isinstance(response, Response):
+            if not isinstance(response, Response) and exchange.upgrade is None:
                 raise TypeError(
                     f"handler {self._handler!r} returned {response!r}, not a trioserve.Response"
                 )
         except Abort:
             raise
         except BaseException as raised:
+            if exchange.upgrade is not None:  # a WebSocket handler failed: 1011
+                return await end_websocket(self, request, exchange, raised, started)
             status = exchange.sort_failure(raised, response_started=False)
             if status is None:
                 raise Abort from None
@@ -450,12 +451,14 @@ class HTTPConnection:
             await self._send_error(status)
             self._log_access(request, status, 0, started)
             return False
-
+        if exchange.upgrade is not None or not isinstance(response, Response):
+            return await end_websocket(self, request, exchange, None, started)
         proto = self.proto
         # EOF behind complete pipelined requests is a half-close (RFC 9112 9.6): they
         # are answered first, and the last answer says Connection: close.
         close = (
             last
+            or (websocket and upgrade_not_taken(self, request, response.status))
             or (self.peer_eof and not proto.has_pipelined_data)
             or self._tracker.shutting_down
             or proto.unread_body_forces_close(self.config.max_drain_size)
@@ -488,8 +491,7 @@ class HTTPConnection:
         scope: trio.CancelScope,
         done: trio.Event,
     ) -> None:
-        """Start a task of this connection's own (the exchange's reader or watcher),
-        which runs in ``scope`` and sets ``done`` when it ends."""
+        """Start a task of the connection's (a reader, the watcher, a WebSocket's)."""
         assert self._nursery is not None
         self._nursery.start_soon(task, scope, done)
 
@@ -523,9 +525,8 @@ class HTTPConnection:
 
     def _write_cut_short(self) -> None:
         # h11 believes the bytes went out and the stream may hold part of them:
-        # nothing more may be written on this connection. The exchange ends as for a
-        # client that left: a handler still running is cancelled (the connection then
-        # aborts), and the connection task's next write aborts.
+        # nothing more may be written. The exchange ends as for a client that left (a
+        # running handler is cancelled), and the connection task's next write aborts.
         self.proto.send_failed()
         self._write_failed = True
         if self._current is not None:
@@ -563,8 +564,7 @@ class HTTPConnection:
             raise Abort from None
         if scope.cancel_called:
             # The deadline passed as the last bytes went out (send_all does not look
-            # for cancellation after its last send). Deliver it now, in the _WRITE
-            # phase, rather than in whatever phase comes next (a next handler!).
+            # after its last send): deliver it now, in the _WRITE phase, not the next.
             await trio.lowlevel.checkpoint()
         self._phase = phase
 

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from ._connection import HTTPConnection
     from ._request import Request
     from ._response import Response
+    from ._upgrade import HeaderPairs, Upgrade
+    from ._websocket import WebSocket
 
 __all__ = ["BODY_RECEIVE_SIZE", "RECEIVE_SIZE", "WRITE_CHUNK", "Abort", "Exchange"]
 
@@ -100,6 +102,7 @@ class Exchange:
         "_watcher_scope",
         "gone",
         "request",
+        "upgrade",
     )
 
     def __init__(self, connection: HTTPConnection) -> None:
@@ -120,6 +123,7 @@ class Exchange:
         self._watch_allowed = False  # from the handler's start until its response is out
         self._watcher_scope: trio.CancelScope | None = None
         self._watcher_done: trio.Event | None = None
+        self.upgrade: Upgrade | None = None  # the WebSocket the handler accepted
 
     # --- The handler ---------------------------------------------------------------------
 
@@ -288,6 +292,12 @@ class Exchange:
         if self._over_event is None:
             self._over_event = trio.Event()
         await self._over_event.wait()
+
+    async def accept_websocket(self, subprotocol: str | None, headers: HeaderPairs) -> WebSocket:
+        """Take a WebSocket upgrade (RequestSource; see ``_upgrade``)."""
+        from ._upgrade import accept  # not at the top: _websocket imports this module
+
+        return await accept(self._connection, self, subprotocol, headers)
 
     # --- The request body ------------------------------------------------------------------
 

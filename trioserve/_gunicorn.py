@@ -124,7 +124,7 @@ class _Recycling:
         self._on_limit = on_limit
         self.watch_disconnect = watches_disconnect(handler)
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response | None:
         self._remaining -= 1
         if self._remaining == 0:
             self._on_limit()

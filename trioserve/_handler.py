@@ -14,7 +14,7 @@ from typing import Protocol
 from ._request import Request
 from ._response import Response
 
-__all__ = ["Handler", "watches_disconnect"]
+__all__ = ["Handler", "supports_websocket", "watches_disconnect"]
 
 
 class Handler(Protocol):
@@ -30,11 +30,21 @@ class Handler(Protocol):
     ``False``: ASGI applications ask through ``receive()``. (A ``Protocol`` cannot
     declare an attribute that may be absent, so it is read by
     :func:`watches_disconnect`, and plain functions stay handlers.)
+
+    A handler that serves WebSockets returns ``None`` after
+    ``request.accept_websocket()``. One that never can (WSGI) says
+    ``supports_websocket = False``: an upgrade request to it is served as plain HTTP
+    and logged once at WARNING.
     """
 
-    def __call__(self, request: Request, /) -> Awaitable[Response]: ...
+    def __call__(self, request: Request, /) -> Awaitable[Response | None]: ...
 
 
 def watches_disconnect(handler: Handler) -> bool:
     """The handler's ``watch_disconnect`` attribute, ``True`` when it has none."""
     return bool(getattr(handler, "watch_disconnect", True))
+
+
+def supports_websocket(handler: Handler) -> bool:
+    """The handler's ``supports_websocket`` attribute, ``True`` when it has none."""
+    return bool(getattr(handler, "supports_websocket", True))

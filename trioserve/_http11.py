@@ -78,6 +78,7 @@ _INFORMATIONAL_100: Final = h11.InformationalResponse(
     status_code=100, headers=[], reason=b"Continue"
 )
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
+_MIGHT_SWITCH: Final = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]  # not in __all__
 
 
 class RequestHead:
@@ -518,6 +519,24 @@ class HTTP11Protocol:
         if body_allowed:
             head += b"".join(self.send_data(body))
         return head + self.end_response()
+
+    @property
+    def can_switch_protocols(self) -> bool:
+        """Whether a complete request asked to upgrade and nothing answered it yet."""
+        their, ours = self._conn.their_state, self._conn.our_state
+        return their is _MIGHT_SWITCH and ours is h11.SEND_RESPONSE
+
+    def switch_protocols(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """The ``101`` taking the upgrade (RFC 9110 7.8); HTTP ends with it."""
+        out = [*headers, (b"date", date_header())]
+        if self._server_header is not None:
+            out.append((b"server", self._server_header))
+        event = h11.InformationalResponse(status_code=101, headers=out, reason=reason_phrase(101))
+        return self._conn.send(event) or b""
+
+    def switched_data(self) -> bytes:
+        """The bytes received past the upgrade request: the new protocol's."""
+        return bytes(self._conn.trailing_data[0])
 
     def send_failed(self) -> None:
         """Tell h11 a write failed, so nothing more is sent on this connection."""

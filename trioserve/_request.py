@@ -6,19 +6,24 @@ Rules for this module:
    handler consumes (backpressure).
 2. Everything derived from the target (path, query) is computed on first use: the hot
    path pays only for what the handler asks for.
-3. This module imports only value modules (``_headers``, ``_errors``).
+3. This module imports only value modules (``_headers``, ``_errors``) and the
+   sans-I/O ``_ws_protocol``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, unquote
 
 import trio
 
 from ._headers import Headers
+from ._ws_protocol import is_upgrade, offered_subprotocols
+
+if TYPE_CHECKING:
+    from ._websocket import WebSocket
 
 __all__ = ["Request", "RequestSource", "TLSInfo"]
 
@@ -72,6 +77,12 @@ class RequestSource(Protocol):
         """Whether the client is known gone or the exchange over (watching begins)."""
         ...
 
+    async def accept_websocket(
+        self, subprotocol: str | None, headers: Iterable[tuple[str | bytes, str | bytes]]
+    ) -> WebSocket:
+        """Accept the request's WebSocket upgrade (see ``Request.accept_websocket``)."""
+        ...
+
 
 class _BytesBody:
     """A body that is already in memory (requests built by hand, e.g. in tests)."""
@@ -91,6 +102,11 @@ class _BytesBody:
 
     def is_disconnected(self) -> bool:
         return False
+
+    async def accept_websocket(
+        self, subprotocol: str | None, headers: Iterable[tuple[str | bytes, str | bytes]]
+    ) -> WebSocket:
+        raise RuntimeError("accept_websocket() needs a request served by a trioserve server")
 
 
 class Request:
@@ -233,6 +249,40 @@ class Request:
         (once the body has been read), so a later call sees a client that left since.
         """
         return self._source.is_disconnected()
+
+    @property
+    def is_websocket(self) -> bool:
+        """Whether the client asks for a WebSocket (``Upgrade: websocket``). The
+        handshake was checked before the handler ran: a bad one got a 400 or 426."""
+        return is_upgrade(self.headers._raw)
+
+    @property
+    def websocket_subprotocols(self) -> list[str]:
+        """The subprotocols the client offers (``Sec-WebSocket-Protocol``), in its
+        order of preference; pick one for :meth:`accept_websocket`."""
+        return offered_subprotocols(self.headers._raw)
+
+    async def accept_websocket(
+        self,
+        subprotocol: str | None = None,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+    ) -> WebSocket:
+        """Accept the WebSocket the client asks for: send the ``101`` and return the
+        :class:`trioserve.WebSocket`. The handler then talks over it and returns
+        ``None`` when done: returning closes a WebSocket left open with 1000, raising
+        closes it with 1011. To refuse, return an ordinary ``Response`` (403, 404)
+        instead of calling this.
+
+        Args:
+            subprotocol: one of the client's ``Sec-WebSocket-Protocol`` offers, or None.
+            headers: more header fields for the ``101`` (not the handshake's own).
+
+        Raises:
+            RuntimeError: the request does not ask for a WebSocket, or was answered.
+            ValueError: the subprotocol was not offered, or a header is not allowed.
+            trioserve.ClientDisconnected: the client left, or did not read the ``101``.
+        """
+        return await self._source.accept_websocket(subprotocol, headers)
 
     def stream(self) -> AsyncIterator[bytes]:
         """Yield the body piece by piece as it arrives; a piece is never empty.

@@ -204,8 +204,9 @@ class Server:
         connection = HTTPConnection(stream, self.handler, config, self._tracker, ends, self._trust)
         await connection.serve()
 
-    def _begin_shutdown(self, *, force: bool = False) -> None:
-        self._tracker.begin_shutdown()  # first, so the cut-off connections are counted
+    def _begin_shutdown(self, *, force: bool = False, restart: bool = False) -> None:
+        # First, so the cut-off connections are counted.
+        self._tracker.begin_shutdown(restart=restart)
         if force and not self.forced:
             self.forced = True
             for scope in self._hard_stops:
@@ -220,7 +221,7 @@ class Server:
         """Return once :meth:`serve_listeners` has returned (after a shutdown)."""
         await self._finished.wait()
 
-    async def shutdown(self, *, force: bool = False) -> None:
+    async def shutdown(self, *, force: bool = False, restart: bool = False) -> None:
         """Shut down gracefully and return once every connection task has finished.
 
         Listeners close at once; idle connections close; requests in flight finish
@@ -235,9 +236,12 @@ class Server:
                 exit is cancelled too (an ASGI application's tasks are cancelled and
                 lifespan shutdown is skipped). Connections you serve yourself with
                 :meth:`serve_connection` run in your nursery: cancel it to cut them off.
+            restart: the server is going to be back (a rolling restart): open
+                WebSockets are closed with 1012 (service restart, "reconnect") instead
+                of 1001 (going away). Only the call that begins the shutdown decides.
         """
         tracker = self._tracker
-        self._begin_shutdown(force=force)
+        self._begin_shutdown(force=force, restart=restart)
         if self._serving:
             await self._finished.wait()
             return

@@ -39,7 +39,7 @@ import trio
 from ._logging import error_logger
 from ._run import announce_urls
 from ._watch import WatchSpec, syntax_error, watch_changes
-from ._worker import ENV, READY, RECYCLE, WorkerPlan
+from ._worker import ENV, READY, RECYCLE, RESTART, WorkerPlan
 
 __all__ = ["STARTUP_FAILED", "Supervisor", "WorkerSettings"]
 
@@ -229,13 +229,24 @@ class Supervisor:
         worker.exited.set()
         self._send.send_nowait((_Event.EXITED, worker))
 
-    def _stop(self, worker: _Worker) -> None:
-        """Ask ``worker`` to drain and exit (SIGTERM); SIGKILL if it overstays."""
+    def _stop(self, worker: _Worker, *, restart: bool = False) -> None:
+        """Ask ``worker`` to drain and exit: SIGTERM, or for a ``restart`` (it is being
+        replaced) ``RESTART`` on its control socket, which closes its WebSockets with
+        1012 instead of 1001; SIGKILL if it overstays."""
         if worker.stopping or worker.exited.is_set():
             return
         worker.stopping = True
-        _signal(worker, signal.SIGTERM)
+        if restart:
+            self._tasks.start_soon(self._ask_to_restart, worker)
+        else:
+            _signal(worker, signal.SIGTERM)
         self._tasks.start_soon(self._kill_if_it_overstays, worker)
+
+    async def _ask_to_restart(self, worker: _Worker) -> None:
+        try:
+            await worker.control.send(RESTART)
+        except OSError:  # its end is gone: a signal still reaches it, if it lives
+            _signal(worker, signal.SIGTERM)
 
     async def _kill_if_it_overstays(self, worker: _Worker) -> None:
         grace = self._settings.shutdown_timeout + STOP_GRACE
@@ -243,7 +254,9 @@ class Supervisor:
             await worker.exited.wait()
             return
         error_logger.error(
-            "worker %d still runs %.4g s after SIGTERM: killing it", worker.pid, grace
+            "worker %d still runs %.4g s after it was asked to stop: killing it",
+            worker.pid,
+            grace,
         )
         worker.process.kill()
 
@@ -267,7 +280,7 @@ class Supervisor:
         self._stop_if_stopping(new)
         if not await _wait_ready(new):
             return False
-        self._stop(old)
+        self._stop(old, restart=True)
         return True
 
     def _serving(self) -> list[_Worker]:

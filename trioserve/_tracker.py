@@ -36,7 +36,9 @@ class ConnectionTracker:
         "_idle",
         "counters",
         "evictions_pending",
+        "going_away_code",
         "shutdown_event",
+        "websocket_warned",
     )
 
     def __init__(self) -> None:
@@ -51,6 +53,11 @@ class ConnectionTracker:
         #: Connections evicted that have not closed yet: the accept loop counts them
         #: as gone, so that one new connection evicts one idle connection, not more.
         self.evictions_pending = 0
+        #: The close code open WebSockets get at graceful shutdown: 1001 (going away),
+        #: or 1012 (service restart) when the shutdown is a restart.
+        self.going_away_code = 1001
+        #: Whether an upgrade the handler did not take was logged (once per server).
+        self.websocket_warned = False
         # Woken when a connection closes or becomes idle (room may have appeared).
         self._changed = trio.lowlevel.ParkingLot()
 
@@ -114,8 +121,11 @@ class ConnectionTracker:
         """Wait until a connection closes or becomes idle."""
         await self._changed.park()
 
-    def begin_shutdown(self) -> None:
-        """Start graceful shutdown: wake every idle connection at once."""
+    def begin_shutdown(self, *, restart: bool = False) -> None:
+        """Start graceful shutdown: wake every idle connection at once. The first call
+        decides whether it is a ``restart`` (WebSockets then get 1012)."""
+        if not self.shutdown_event.is_set() and restart:
+            self.going_away_code = 1012
         self.shutdown_event.set()
         for scope, new in self._idle.items():
             _close_idle(scope, new)

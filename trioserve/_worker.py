@@ -5,7 +5,9 @@ Rules for this module:
    passed; the engine does not know it is a worker. This module only talks to the
    supervisor, over one socket: ``R`` once serving, ``H`` every quarter of the
    health-check timeout (from a trio task: a stuck event loop stops them), ``M`` once
-   it has served its ``--limit-max-requests`` (the supervisor then replaces it).
+   it has served its ``--limit-max-requests`` (the supervisor then replaces it). The
+   supervisor says one thing back: ``T``, stop for a restart (the worker is being
+   replaced): a graceful shutdown whose WebSockets get 1012, not 1001.
 2. The supervisor's end closing (it died) is watched from the worker's first moment
    by a thread, which sends the worker SIGTERM: a graceful shutdown once serving, the
    end before. A worker never serves on, or starts serving, as an orphan.
@@ -21,7 +23,8 @@ import select
 import signal
 import socket as stdlib_socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Final
 
@@ -38,6 +41,7 @@ __all__ = [
     "HEARTBEAT",
     "READY",
     "RECYCLE",
+    "RESTART",
     "CountingHandler",
     "WorkerPlan",
     "report_to_supervisor",
@@ -50,6 +54,8 @@ ENV: Final = "TRIOSERVE_WORKER"
 READY: Final = b"R"
 HEARTBEAT: Final = b"H"
 RECYCLE: Final = b"M"
+#: What the supervisor says: drain for a restart (instead of SIGTERM).
+RESTART: Final = b"T"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,7 @@ class CountingHandler:
         self.reached = trio.Event()
         self.watch_disconnect = watches_disconnect(handler)
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response | None:
         self._left -= 1
         if self._left == 0:
             self.reached.set()
@@ -134,12 +140,15 @@ def watch_supervisor(plan: WorkerPlan) -> None:
                 # could fail at once with EAGAIN and read as the supervisor's death.
                 select.select([control], [], [])
                 try:
-                    if not control.recv(64):
-                        break  # EOF: the supervisor's end is closed
+                    data = control.recv(64)
                 except BlockingIOError:
                     continue
                 except OSError:
                     break
+                if not data:
+                    break  # EOF: the supervisor's end is closed
+                if RESTART in data and not _SERVING.restart():
+                    os.kill(os.getpid(), signal.SIGTERM)  # not serving yet: just stop
         error_logger.warning("the supervisor is gone: shutting down")
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -152,7 +161,8 @@ async def report_to_supervisor(
     """Say ``R``, then ``H`` every quarter of the health-check timeout, and ``M`` once
     ``recycle`` is set, until cancelled (when the server has finished)."""
     control = trio.socket.from_stdlib_socket(stdlib_socket.socket(fileno=plan.control))
-    with control:
+    _SERVING.serving(trio.lowlevel.current_trio_token(), server)
+    with control, _SERVING.ending():
         try:
             await control.send(READY)
             async with trio.open_nursery() as nursery:
@@ -163,6 +173,49 @@ async def report_to_supervisor(
                     await control.send(HEARTBEAT)
         except OSError:  # the supervisor is gone mid-send: the watching thread acts
             pass
+
+
+class _ServingLink:
+    """How the thread watching the supervisor reaches the server it asks to restart:
+    set by :func:`report_to_supervisor` while the server serves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[trio.lowlevel.TrioToken, Server] | None = None
+
+    def serving(self, token: trio.lowlevel.TrioToken, server: Server) -> None:
+        with self._lock:
+            self._target = (token, server)
+
+    @contextmanager
+    def ending(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._target = None
+
+    def restart(self) -> bool:
+        """From the thread: begin the server's graceful shutdown as a restart. False
+        if it does not serve (yet, or any more)."""
+        with self._lock:
+            if self._target is None:
+                return False
+            token, server = self._target
+            try:
+                token.run_sync_soon(_shut_down_for_restart, server)
+            except trio.RunFinishedError:
+                return False
+            return True
+
+
+def _shut_down_for_restart(server: Server) -> None:
+    error_logger.info("the supervisor replaces this worker: shutting down gracefully")
+    server._begin_shutdown(restart=True)
+
+
+#: The one server this worker process serves, for the thread watching the supervisor.
+_SERVING: Final = _ServingLink()
 
 
 async def _ask_to_be_replaced(control: trio.socket.SocketType, recycle: trio.Event) -> None:

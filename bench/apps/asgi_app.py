@@ -1,8 +1,9 @@
 """The ASGI application served by every ASGI server in the benchmark.
 
 ``GET`` (any path) answers ``Hello, world!``; ``POST`` (any path) echoes the
-request body. It handles the lifespan protocol so that every server starts it
-the same way.
+request body. A WebSocket (any path) is accepted and echoes every message, text
+as text and bytes as bytes, until the client disconnects. It handles the lifespan
+protocol so that every server starts it the same way.
 """
 
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await _echo(receive, send)
         else:
             await _respond(send, TEXT_HEADERS, HELLO)
+    elif scope["type"] == "websocket":
+        await _websocket_echo(receive, send)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -34,6 +37,21 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def _websocket_echo(receive: Receive, send: Send) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return  # websocket.disconnect
+        text = message.get("text")
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes")})
 
 
 async def _echo(receive: Receive, send: Send) -> None:

@@ -1,14 +1,17 @@
 """trioserve's native handler for the benchmark.
 
 ``GET`` (any path) answers ``Hello, world!``; ``POST`` (any path) echoes the
-request body, like bench/apps/asgi_app.py. Logging is deliberately left
-unconfigured so that trioserve writes no access log.
+request body; a WebSocket (any path) is accepted and echoes every message, like
+bench/apps/asgi_app.py. Logging is deliberately left unconfigured so that
+trioserve writes no access log. WebSocket compression is off and keepalive pings
+are never sent, as for the other servers in the benchmark.
 
 Usage: ``python bench/apps/native_app.py --port 8000 [--keep-alive 120]``
 """
 
 import argparse
 import functools
+import math
 
 import trio
 
@@ -19,7 +22,12 @@ TEXT_HEADERS = [("content-type", "text/plain")]
 ECHO_HEADERS = [("content-type", "application/octet-stream")]
 
 
-async def handler(request: trioserve.Request) -> trioserve.Response:
+async def handler(request: trioserve.Request) -> trioserve.Response | None:
+    if request.is_websocket:
+        ws = await request.accept_websocket()
+        async for message in ws:
+            await ws.send(message)
+        return None
     if request.method == "POST":
         return trioserve.Response(200, headers=ECHO_HEADERS, body=await request.body())
     return trioserve.Response(200, headers=TEXT_HEADERS, body=HELLO)
@@ -30,7 +38,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds")
     args = parser.parse_args()
-    config = trioserve.Config(keep_alive_timeout=args.keep_alive)
+    config = trioserve.Config(
+        keep_alive_timeout=args.keep_alive,
+        ws_per_message_deflate=False,
+        ws_ping_interval=math.inf,
+    )
     serve = functools.partial(trioserve.serve, handler, args.port, host="127.0.0.1", config=config)
     trio.run(serve)
 

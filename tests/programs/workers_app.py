@@ -6,7 +6,8 @@ asynchronously: the worker goes on serving); ``/block`` blocks the worker's even
 loop for 5 s with ``time.sleep`` (no heartbeat, no accept); ``/hold`` blocks it for
 20 ms, so that a worker busy with one connection leaves the next ones to its
 siblings. Each handler but ``/`` and ``/hold`` prints ``handling PATH in PID`` to
-stderr as it starts, so a test knows the request is inside a worker.
+stderr as it starts, so a test knows the request is inside a worker. A WebSocket
+request (any path) gets an echo, and prints ``websocket in PID`` once accepted.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ PID = str(os.getpid()).encode()
 SLEEPS = {"/slow": 1.0, "/sleep30": 30.0}
 
 
-async def app(request: trioserve.Request) -> trioserve.Response:
+async def app(request: trioserve.Request) -> trioserve.Response | None:
     path = request.path
+    if request.is_websocket:  # an echo, until the client or the server closes
+        ws = await request.accept_websocket()
+        print(f"websocket in {os.getpid()}", file=sys.stderr, flush=True)
+        async for message in ws:
+            await ws.send(message)
+        return None
     if path == "/hold":
         time.sleep(0.02)  # noqa: ASYNC251  # on purpose: blocks this worker
     elif path != "/":

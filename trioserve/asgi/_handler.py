@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import ClassVar, Final, get_args
+from typing import ClassVar, Final, Literal, get_args
 from urllib.parse import quote
 
 import trio
@@ -23,13 +23,18 @@ from .._response import Response
 from ._http import HTTPCycle
 from ._lifespan import LifespanMode, LifespanProtocol
 from ._types import ASGI_VERSION, ASGIApp, Scope
+from ._websocket import WebSocketCycle
 
-__all__ = ["DRAIN_TIMEOUT", "HTTP_SPEC_VERSION", "ASGIHandler"]
+__all__ = ["DRAIN_TIMEOUT", "HTTP_SPEC_VERSION", "WEBSOCKET_SPEC_VERSION", "ASGIHandler"]
 
 #: The ASGI HTTP sub-specification version spoken here. 2.4 is the one that matters:
 #: ``send()`` raises an ``OSError`` once the client is gone (Starlette then streams
 #: without a task group listening for ``http.disconnect``).
 HTTP_SPEC_VERSION: Final = "2.4"
+#: The ASGI WebSocket sub-specification version spoken here: 2.4, like uvicorn's
+#: (``send()`` raises an ``OSError`` once the WebSocket is closed), with ``reason`` in
+#: ``websocket.close`` and the ``websocket.http.response`` denial extension.
+WEBSOCKET_SPEC_VERSION: Final = "2.4"
 #: Seconds that application tasks still running when the server has drained (work
 #: after a complete response, such as Starlette background tasks) get to finish
 #: before lifespan shutdown; then they are cancelled. The engine's
@@ -117,8 +122,10 @@ class ASGIHandler:
         self._apps: trio.Nursery | None = None
         self._hosted = False
 
-    async def __call__(self, request: Request) -> Response:
-        """Serve one request with the application (the trioserve handler protocol).
+    async def __call__(self, request: Request) -> Response | None:
+        """Serve one request with the application (the trioserve handler protocol):
+        an ``http`` scope, or a ``websocket`` scope for a request that asks for one
+        (``None`` is returned once an accepted WebSocket is over).
 
         Raises:
             RuntimeError: the handler is not running (see :meth:`lifespan`), or the
@@ -128,6 +135,10 @@ class ASGIHandler:
         apps = self._apps
         if apps is None:
             raise RuntimeError(_NOT_HOSTED)
+        if request.is_websocket:
+            ws_cycle = WebSocketCycle(request, self._scope(request, "websocket"))
+            apps.start_soon(ws_cycle.run, self.app)
+            return await ws_cycle.respond()
         headers = request.headers.raw
         # RFC 9112 6.3: a request has a body only with Content-Length or
         # Transfer-Encoding (the engine refused requests that carry both).
@@ -137,9 +148,23 @@ class ASGIHandler:
                 body_length = int(value)
             elif name == b"transfer-encoding":
                 body_length = None
+        cycle = HTTPCycle(request, self._scope(request, "http"), body_length)
+        apps.start_soon(cycle.run, self.app)
+        return await cycle.wait_response()
+
+    def _scope(self, request: Request, kind: Literal["http", "websocket"]) -> Scope:
+        """The connection scope of one request: ``http``, or ``websocket`` for a request
+        that asks for one (its scheme is then ``ws`` or ``wss``)."""
         root_path = self.root_path
-        extensions: dict[str, object] = {"http.response.pathsend": {}}
         tls = request.tls
+        if kind == "http":
+            extensions: dict[str, object] = {"http.response.pathsend": {}}
+            spec_version = HTTP_SPEC_VERSION
+            scheme = request.scheme
+        else:
+            extensions = {"websocket.http.response": {}}
+            spec_version = WEBSOCKET_SPEC_VERSION
+            scheme = "wss" if request.scheme == "https" else "ws"
         if tls is not None:
             # The ASGI TLS extension; the server's own certificate is not at hand.
             extensions["tls"] = {
@@ -151,24 +176,25 @@ class ASGIHandler:
                 "cipher_suite": tls.cipher_suite,
             }
         scope: Scope = {
-            "type": "http",
-            "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
+            "type": kind,
+            "asgi": {"version": ASGI_VERSION, "spec_version": spec_version},
             "http_version": request.http_version,
-            "method": request.method,
-            "scheme": request.scheme,
+            "scheme": scheme,
             "path": root_path + request.path if root_path else request.path,
             "raw_path": self._raw_root_path + request.raw_path,
             "query_string": request.query_string,
             "root_path": root_path,
-            "headers": headers,
+            "headers": request.headers.raw,
             "client": request.client,
             "server": request.server,
             "state": self._state.copy(),
             "extensions": extensions,
         }
-        cycle = HTTPCycle(request, scope, body_length)
-        apps.start_soon(cycle.run, self.app)
-        return await cycle.wait_response()
+        if kind == "http":
+            scope["method"] = request.method
+        else:
+            scope["subprotocols"] = request.websocket_subprotocols
+        return scope
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """The host of the application's tasks, and the ASGI lifespan protocol.

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import io
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Final
 
 import trio
@@ -46,6 +46,7 @@ from ._types import (
     Scope,
     message_bool,
     message_bytes,
+    message_headers,
 )
 
 __all__ = ["ABANDON_GRACE", "HTTPCycle"]
@@ -208,17 +209,21 @@ class HTTPCycle:
                     # KeyboardInterrupt or SystemExit.
                     failure, rest = split_failure(raised)
                     if failure is not None:
-                        self._app_raised(failure)
+                        self.app_raised(failure)
                     if rest is not None:
                         raise rest from None
                 else:
-                    self._app_returned()
+                    self.app_returned()
             if self.app_scope.cancelled_caught:
                 self._app_cancelled()
         finally:
-            self._close_resources()
+            self.close_resources()
 
-    def _app_raised(self, exc: Exception) -> None:
+    # The outcome of the application, also reported by the WebSocket exchange for a
+    # denial response (``websocket.http.response.*``), which it runs through a cycle.
+
+    def app_raised(self, exc: Exception) -> None:
+        """The application raised ``exc``; where it goes depends on how far it got."""
         state = self._state
         if state <= _STARTED:
             self._fail(exc)  # the handler raises it: 500, or the HTTPError's status
@@ -238,7 +243,8 @@ class HTTPCycle:
                 "ASGI application stopped after %r was aborted: %r", self.request, exc
             )
 
-    def _app_returned(self) -> None:
+    def app_returned(self) -> None:
+        """The application returned: an error unless its response was complete."""
         state = self._state
         if state == _WAITING:
             self._fail(RuntimeError("ASGI application returned without a response"))
@@ -261,7 +267,8 @@ class HTTPCycle:
                 ABANDON_GRACE,
             )
 
-    def _close_resources(self) -> None:
+    def close_resources(self) -> None:
+        """The application has ended: close what it left for the engine to take."""
         if self._chunks_in is not None:
             self._chunks_in.close()
         if self._file is not None and self._state != _COMPLETE:
@@ -381,12 +388,9 @@ class HTTPCycle:
         if message.get("trailers", False):
             # Not offered in scope["extensions"]: the engine has no way to send trailers.
             raise RuntimeError("ASGI response trailers are not supported by this server")
-        headers = message.get("headers", ())
-        if not isinstance(headers, Iterable):
-            raise TypeError("ASGI http.response.start 'headers' must be an iterable of pairs")
         # Response validates the status range and the header types, so a bad head
         # raises here, into the application, before anything is sent.
-        self._response = Response(status, headers=_header_pairs(headers))
+        self._response = Response(status, headers=message_headers(message))
         self._state = _STARTED
 
     def _first_body(self, message: Message) -> None:
@@ -431,7 +435,7 @@ class HTTPCycle:
         if self._state == _ABORTED:
             # Aborted while the thread opened the file (client gone, connection
             # cancelled): nobody will send or close it, and marking the exchange
-            # complete would hide the abort from _close_resources. Rule 4.
+            # complete would hide the abort from close_resources. Rule 4.
             file.close()
             raise ClientDisconnectedError("the client went away; the response is abandoned")
         response = self._response
@@ -518,15 +522,3 @@ class _FileBody:
     async def aclose(self) -> None:
         self._file.close()
         await trio.lowlevel.checkpoint()
-
-
-def _header_pairs(headers: Iterable[object]) -> list[tuple[bytes, bytes]]:
-    pairs = []
-    for pair in headers:
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"ASGI response headers must be [name, value] pairs, not {pair!r}")
-        name, value = pair
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"ASGI response header names and values must be bytes: {pair!r}")
-        pairs.append((name, value))
-    return pairs

@@ -10,7 +10,7 @@ Rules for this module:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Final
 
 from .._errors import ClientDisconnected
@@ -25,6 +25,7 @@ __all__ = [
     "Send",
     "message_bool",
     "message_bytes",
+    "message_headers",
 ]
 
 #: A connection scope (``scope["type"]`` is ``"http"`` or ``"lifespan"``).
@@ -75,3 +76,25 @@ def message_bool(message: Mapping[str, object], key: str) -> bool:
     if isinstance(value, bool):
         return value
     raise TypeError(f"ASGI message key {key!r} must be a bool, not {type(value).__name__}")
+
+
+def message_headers(message: Mapping[str, object]) -> list[tuple[bytes, bytes]]:
+    """``message["headers"]`` as a list of ``(name, value)`` bytes pairs (``[]`` when
+    missing).
+
+    Raises:
+        TypeError: not an iterable of two-item pairs of bytes.
+    """
+    headers = message.get("headers", ())
+    kind = message.get("type")
+    if not isinstance(headers, Iterable):
+        raise TypeError(f"ASGI {kind} 'headers' must be an iterable of pairs")
+    pairs = []
+    for pair in headers:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"ASGI {kind} headers must be [name, value] pairs, not {pair!r}")
+        name, value = pair
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"ASGI {kind} header names and values must be bytes: {pair!r}")
+        pairs.append((name, value))
+    return pairs

@@ -41,3 +41,6 @@ from ._responses import parse_responses as parse_responses
 from ._streams import FailAfter as FailAfter
 from ._streams import PipeStream as PipeStream
 from ._streams import stream_pair as stream_pair
+from ._websocket import WebSocketClient as WebSocketClient
+from ._websocket import WebSocketRejected as WebSocketRejected
+from ._websocket import open_websocket as open_websocket

@@ -72,7 +72,7 @@ class Probe:
         self.ended_at: float | None = None  # when the last call returned (or raised)
         self.bodies: list[ProbedBody] = []
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response | None:
         self.calls += 1
         try:
             response = await self.handler(request)

@@ -44,7 +44,7 @@ import contextvars
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import trio
 
@@ -141,6 +141,10 @@ class WSGIHandler:
         ``wsgi.input`` read raises :class:`trioserve.ClientDisconnected` (not logged
         if it escapes); see the module documentation for the details.
     """
+
+    #: WSGI has no WebSocket: an upgrade request is served as plain HTTP, and the
+    #: server logs the first one at WARNING.
+    supports_websocket: ClassVar[bool] = False
 
     __slots__ = ("_limiter", "_script_name", "app", "root_path")
 
