@@ -242,7 +242,7 @@ def _redirect(request: Request) -> Response:
         return _not_found()
     location = "./" + quote(name, safe="") + "/"
     if request.query_string:
-        location += "?" + quote(request.query_string.decode("latin-1"), safe="=&%+;")
+        location += "?" + quote(request.query_string.decode("latin-1"), safe="=&%+;/?:@,")
     return Response(301, headers=[("location", location), *_TEXT], body="Moved Permanently\n")
 
 
