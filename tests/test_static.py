@@ -171,6 +171,9 @@ async def test_validators_and_304(root: Path) -> None:
         weak = await client.get("/digits.txt", headers=[("if-none-match", f"W/{etag}")])
         listed = await client.get("/digits.txt", headers=[("if-none-match", f'"x", {etag}')])
         star = await client.get("/digits.txt", headers=[("if-none-match", "*")])
+        two_lines = await client.get(
+            "/digits.txt", headers=[("if-none-match", '"x"'), ("if-none-match", etag)]
+        )
         other = await client.get("/digits.txt", headers=[("if-none-match", '"other"')])
         since = await client.get(
             "/digits.txt", headers=[("if-modified-since", first.headers["last-modified"])]
@@ -189,7 +192,7 @@ async def test_validators_and_304(root: Path) -> None:
         )
         bad_date = await client.get("/digits.txt", headers=[("if-modified-since", "yesterday")])
         head = await client.request("HEAD", "/digits.txt", headers=[("if-none-match", etag)])
-    for response in (same, weak, listed, star, since, head):
+    for response in (same, weak, listed, star, two_lines, since, head):
         assert response.status == 304
         assert response.body == b""
         assert response.headers["etag"] == etag
@@ -259,11 +262,13 @@ async def test_multiple_ranges(root: Path) -> None:
         "bytes=" + ",".join(["0-0"] * (MAX_RANGES + 1)),  # over the cap
         "bytes=0-9, 0-9",  # more bytes than the file: served whole
         "lines=1-2",
+        "bytes=0-1\nbytes=2-3",  # two Range fields
     ],
 )
 async def test_ranges_served_whole(root: Path, header: str) -> None:
+    fields = [("range", value) for value in header.split("\n")]
     async with open_client(StaticFiles(root)) as client:
-        response = await client.get("/digits.txt", headers=[("range", header)])
+        response = await client.get("/digits.txt", headers=fields)
     assert response.status == 200
     assert response.body == DIGITS
 
@@ -304,6 +309,9 @@ async def test_precompressed(root: Path) -> None:
         plain = await client.get("/c.txt")
         gz = await client.get("/c.txt", headers=[("accept-encoding", "gzip")])
         br = await client.get("/c.txt", headers=[("accept-encoding", "gzip, br")])
+        br_two_lines = await client.get(
+            "/c.txt", headers=[("accept-encoding", "gzip;q=0"), ("accept-encoding", "br")]
+        )
         refused = await client.get("/c.txt", headers=[("accept-encoding", "br;q=0, gzip;q=0")])
         gz_304 = await client.get(
             "/c.txt", headers=[("accept-encoding", "gzip"), ("if-none-match", _etag(gz))]
@@ -318,6 +326,7 @@ async def test_precompressed(root: Path) -> None:
     assert gz.headers["vary"] == "accept-encoding"
     assert br.headers["content-encoding"] == "br"
     assert br.body == b"pretend brotli"
+    assert br_two_lines.headers["content-encoding"] == "br"
     assert len({_etag(plain), _etag(gz), _etag(br)}) == 3
     assert refused.body == text
     assert gz_304.status == 304

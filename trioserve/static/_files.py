@@ -159,7 +159,7 @@ class StaticFiles:
         if split is None:
             return _not_found()
         segments, trailing = split
-        encodings = accepted_encodings(request.headers.get("accept-encoding"))
+        encodings = accepted_encodings(_joined(request, "accept-encoding"))
         found = await trio.to_thread.run_sync(self._find, segments, trailing, path, encodings)
         if found is None:
             return _not_found()
@@ -225,6 +225,12 @@ class StaticFiles:
 
 
 _TEXT: Final = (("content-type", "text/plain; charset=utf-8"),)
+
+
+def _joined(request: Request, name: str) -> str | None:
+    """A list-valued field sent on several lines, as one list (RFC 9110 5.3)."""
+    values = request.headers.getall(name)
+    return ", ".join(values) if values else None
 
 
 def _not_found() -> Response:
@@ -297,20 +303,22 @@ def _file_response(request: Request, found: _File) -> Response:
         headers.append(("vary", "accept-encoding"))
     get = request.headers.get
     # RFC 9110 13.2.2: If-Match first (412), then If-None-Match / If-Modified-Since.
-    if_match = get("if-match")
+    if_match = _joined(request, "if-match")
     if if_match is not None and not any(
         tag == "*" or tag == etag for tag in (t.strip() for t in if_match.split(","))
     ):
         found.file.close()
         return Response(412, headers=[*headers, *_TEXT], body="Precondition Failed\n")
-    if none_match(get("if-none-match"), get("if-modified-since"), etag, found.mtime):
+    if none_match(_joined(request, "if-none-match"), get("if-modified-since"), etag, found.mtime):
         found.file.close()
         return Response(304, headers=headers)
     headers.append(("accept-ranges", "bytes"))
     if found.encoding is not None:
         headers.append(("content-encoding", found.encoding))
     size = found.size
-    range_header = get("range")
+    ranges_sent = request.headers.getall("range")
+    # Two Range fields are not one list (RFC 9110 14.2 defines one): ignored.
+    range_header = ranges_sent[0] if len(ranges_sent) == 1 else None
     if (
         range_header is not None
         and request.method == "GET"
