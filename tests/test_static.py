@@ -469,3 +469,44 @@ async def test_httpx_validators_and_ranges(root: Path) -> None:
     assert unsatisfiable.headers["content-range"] == f"bytes */{len(BIG)}"
     assert head.headers["content-length"] == str(len(BIG))
     assert head.content == b""
+
+
+async def test_fifo_and_special_files_are_not_served(root: Path) -> None:
+    os.mkfifo(root / "pipe")
+    async with open_client(StaticFiles(root)) as client:
+        with trio.fail_after(5):  # an open() that blocked on the FIFO would hang here
+            response = await client.get("/pipe")
+    assert response.status == 404
+
+
+async def test_under_a_prefix(root: Path) -> None:
+    static = StaticFiles(root, listing=True)
+
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        if request.raw_path.startswith(b"/static/"):
+            rest = request.raw_path[len(b"/static") :].decode("latin-1")
+            return await static.respond(request, rest)
+        return trioserve.Response(200, body="app")
+
+    async with open_client(handler) as client:
+        file = await client.get("/static/digits.txt")
+        redirect = await client.get("/static/sub")
+        listing = await client.get("/static/sub/")
+        app = await client.get("/digits.txt")
+        escape = await client.get("/static/../static/digits.txt")
+    assert file.body == DIGITS
+    assert redirect.headers["location"] == "./sub/"  # resolves to /static/sub/
+    assert 'href="./other.txt"' in listing.body.decode()
+    assert app.body == b"app"
+    assert escape.status == 404
+
+
+async def test_listing_and_index_together(root: Path) -> None:
+    async with open_client(StaticFiles(root, listing=True, html=True)) as client:
+        index = await client.get("/sub/")
+        listing = await client.request("HEAD", "/bare/")
+        listing_get = await client.get("/bare/")
+    assert index.body == b"<h1>index</h1>"
+    assert listing.status == 200
+    assert listing.body == b""
+    assert listing.headers["content-length"] == str(len(listing_get.body))
