@@ -80,17 +80,19 @@ def test_parse_ranges(header: str, expected: object) -> None:
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        (None, set()),
-        ("gzip", {"gzip"}),
-        ("br;q=0.5, gzip;q=0", {"br"}),
-        ("*", {"br", "gzip"}),
-        ("*;q=0, gzip", {"gzip"}),
-        ("identity", set()),
-        ("x-gzip, BR", {"br", "gzip"}),
-        ("gzip;q=bogus", set()),
+        (None, []),
+        ("gzip", ["gzip"]),
+        ("br;q=0.5, gzip;q=0", ["br"]),
+        ("*", ["br", "gzip"]),
+        ("*;q=0, gzip", ["gzip"]),
+        ("identity", []),
+        ("x-gzip, BR", ["br", "gzip"]),
+        ("br;q=0.1, gzip", ["gzip", "br"]),
+        ("gzip;q=0.9, *;q=0.2", ["gzip", "br"]),
+        ("gzip;q=bogus", []),
     ],
 )
-def test_accepted_encodings(header: str | None, expected: set[str]) -> None:
+def test_accepted_encodings(header: str | None, expected: list[str]) -> None:
     assert accepted_encodings(header) == expected
 
 
@@ -312,6 +314,7 @@ async def test_precompressed(root: Path) -> None:
         br_two_lines = await client.get(
             "/c.txt", headers=[("accept-encoding", "gzip;q=0"), ("accept-encoding", "br")]
         )
+        prefers_gzip = await client.get("/c.txt", headers=[("accept-encoding", "br;q=0.5, gzip")])
         refused = await client.get("/c.txt", headers=[("accept-encoding", "br;q=0, gzip;q=0")])
         gz_304 = await client.get(
             "/c.txt", headers=[("accept-encoding", "gzip"), ("if-none-match", _etag(gz))]
@@ -328,6 +331,7 @@ async def test_precompressed(root: Path) -> None:
     assert br.body == b"pretend brotli"
     assert br_two_lines.headers["content-encoding"] == "br"
     assert len({_etag(plain), _etag(gz), _etag(br)}) == 3
+    assert prefers_gzip.headers["content-encoding"] == "gzip"
     assert refused.body == text
     assert gz_304.status == 304
     assert plain_vs_gz.status == 200

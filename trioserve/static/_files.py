@@ -177,7 +177,9 @@ class StaticFiles:
 
     # --- The file system: runs in a worker thread (rule 1) ---------------------------------
 
-    def _find(self, segments: list[str], trailing: bool, path: str, encodings: set[str]) -> _Found:
+    def _find(
+        self, segments: list[str], trailing: bool, path: str, encodings: list[str]
+    ) -> _Found:
         real = inside(self.root, segments, follow_symlinks=self.follow_symlinks)
         if real is None:
             return None
@@ -193,23 +195,27 @@ class StaticFiles:
                 if index is not None:
                     return index
             if self.listing:
-                return _Listing(listing_page(real, unquote(path), dotfiles=False))
+                try:
+                    return _Listing(listing_page(real, unquote(path), dotfiles=False))
+                except OSError:  # not readable: as good as missing
+                    return None
             return None
         if trailing or not stat.S_ISREG(st.st_mode):
             return None
         return self._open(segments, segments[-1], encodings)
 
-    def _open(self, segments: list[str], name: str, encodings: set[str]) -> _File | None:
+    def _open(self, segments: list[str], name: str, encodings: list[str]) -> _File | None:
         media_type = content_type(name)
-        siblings = False
+        found: dict[str, str] = {}
         for coding, suffix in _SIBLINGS:
             sibling = [*segments[:-1], segments[-1] + suffix]
             real = inside(self.root, sibling, follow_symlinks=self.follow_symlinks)
-            if real is None or not os.path.isfile(real):
-                continue
-            siblings = True
-            if coding in encodings:
-                opened = _open_regular(real, media_type, coding)
+            if real is not None and os.path.isfile(real):
+                found[coding] = real
+        siblings = bool(found)
+        for coding in encodings:  # the client's preference first
+            if coding in found:
+                opened = _open_regular(found[coding], media_type, coding)
                 if opened is not None:
                     return opened
         real = inside(self.root, segments, follow_symlinks=self.follow_symlinks)

@@ -160,12 +160,13 @@ def parse_ranges(value: str, size: int) -> list[tuple[int, int]] | str | None:
     return ranges
 
 
-def accepted_encodings(accept_encoding: str | None) -> set[str]:
+def accepted_encodings(accept_encoding: str | None) -> list[str]:
     """The content codings an ``Accept-Encoding`` allows among ``br`` and ``gzip``
-    (RFC 9110 12.5.3): named with q above 0, or covered by ``*`` when not named;
-    ``q=0`` refuses. ``x-gzip`` counts as ``gzip`` (RFC 9110 8.4.1.3)."""
+    (RFC 9110 12.5.3), most preferred first (higher q first, ``br`` on a tie): named
+    with q above 0, or covered by ``*`` when not named; ``q=0`` refuses. ``x-gzip``
+    counts as ``gzip`` (RFC 9110 8.4.1.3)."""
     if not accept_encoding:
-        return set()
+        return []
     named: dict[str, float] = {}
     star: float | None = None
     for item in accept_encoding.split(","):
@@ -187,9 +188,9 @@ def accepted_encodings(accept_encoding: str | None) -> set[str]:
             star = quality
         else:
             named[coding] = quality
-    allowed: set[str] = set()
-    for coding in ("br", "gzip"):
+    ranked: list[tuple[float, int, str]] = []
+    for rank, coding in enumerate(("br", "gzip")):
         quality = named.get(coding, star if star is not None else 0.0)
         if quality > 0:
-            allowed.add(coding)
-    return allowed
+            ranked.append((-quality, rank, coding))
+    return [coding for _, _, coding in sorted(ranked)]
