@@ -209,6 +209,8 @@ class StaticFiles:
         found: dict[str, str] = {}
         for coding, suffix in _SIBLINGS:
             sibling = [*segments[:-1], segments[-1] + suffix]
+            if not os.path.isfile(os.path.join(self.root, *sibling)):
+                continue  # the common case, with one stat instead of a realpath
             real = inside(self.root, sibling, follow_symlinks=self.follow_symlinks)
             if real is not None and os.path.isfile(real):
                 found[coding] = real
