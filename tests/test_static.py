@@ -418,6 +418,35 @@ async def test_shrinking_file_is_cut(root: Path) -> None:
     assert seen == READ_CHUNK  # the second read saw the change: nothing more was sent
 
 
+async def test_file_rewritten_in_place_is_cut(root: Path) -> None:
+    # Same size, new bytes: the mtime changed, so the next read stops the body
+    # rather than send the end of the new version after the start of the old.
+    path = root / "big.bin"
+
+    class Rewritten(StaticFiles):
+        async def __call__(self, request: trioserve.Request) -> trioserve.Response:
+            response = await super().__call__(request)
+            body = response.body
+            assert isinstance(body, FileBody)
+
+            async def rewrite_after_first() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in body:
+                        yield chunk
+                        with path.open("r+b") as file:
+                            file.write(b"\xff" * len(BIG))
+                        stat = path.stat()
+                        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+                finally:
+                    await body.aclose()
+
+            return response.with_body(rewrite_after_first())
+
+    async with open_client(Rewritten(root)) as client:
+        with pytest.raises(trio.BrokenResourceError):
+            await client.get("/big.bin")
+
+
 async def test_shrinking_file_is_cut_over_a_socket(root: Path) -> None:
     # A whole-file body from a real server: the connection ends short of the
     # declared length, and what came is a prefix of the old file, never padded.
