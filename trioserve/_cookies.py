@@ -26,7 +26,7 @@ SameSite = Literal["lax", "strict", "none"]
 # optionally in double quotes. cookie-octet excludes CTLs, space, DQUOTE, comma,
 # semicolon and backslash.
 _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_COOKIE_VALUE_RE: Final = re.compile(r'[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*')
+_COOKIE_VALUE_RE: Final = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 # RFC 6265 4.1.1: path-value and extension-av are any CHAR except CTLs or ";".
 _ATTRIBUTE_VALUE_RE: Final = re.compile(r"[\x20-\x3a\x3c-\x7e]+")
 
