@@ -85,7 +85,8 @@ async def test_json_parses_a_json_body(content_type: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "text/plain", "application/jsonx", "text/json", "application/x-json+xml"]
+    "content_type",
+    [None, "text/plain", "application/jsonx", "text/json", "application/x-json+xml"],
 )
 async def test_json_refuses_another_content_type_with_415(content_type: str | None) -> None:
     response = await post(echo_json, content_type, b"{}")
@@ -209,9 +210,7 @@ async def test_form_mapping_getlist_and_first_value() -> None:
     assert json.loads(response.body) == ["a", ["a", "b"], [], ["tag", "x"], 2]
 
 
-@pytest.mark.parametrize(
-    "body", [b"a=1&&b=2", b"novalue", b"a=%ff", b"a=\xff", b"a=1&"], ids=repr
-)
+@pytest.mark.parametrize("body", [b"a=1&&b=2", b"novalue", b"a=%ff", b"a=\xff", b"a=1&"], ids=repr)
 async def test_malformed_urlencoded_form_is_400(body: bytes) -> None:
     assert (await post(form_handler(), URLENCODED, body)).status == 400
 

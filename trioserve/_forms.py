@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import sys
 import re
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from tempfile import SpooledTemporaryFile
 from types import TracebackType
