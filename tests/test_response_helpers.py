@@ -25,6 +25,13 @@ def test_json_is_compact_utf8_application_json() -> None:
     assert response.headers == ((b"content-type", b"application/json"), (b"x-a", b"1"))
 
 
+def test_a_content_type_given_replaces_the_default() -> None:
+    problem = Response.json({}, 400, headers=[("Content-Type", "application/problem+json")])
+    assert problem.headers == ((b"Content-Type", b"application/problem+json"),)
+    html = Response.text("<p>", headers=[(b"content-type", b"text/html; charset=utf-8")])
+    assert header(html, b"content-type") == [b"text/html; charset=utf-8"]
+
+
 @pytest.mark.parametrize("obj", [math.nan, [math.inf], {"a": object()}])
 def test_json_refuses_what_is_not_json(obj: object) -> None:
     with pytest.raises((TypeError, ValueError)):

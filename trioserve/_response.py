@@ -79,7 +79,8 @@ class Response:
         status: int = 200,
         headers: Iterable[tuple[str | bytes, str | bytes]] = (),
     ) -> Response:
-        """A response whose body is ``obj`` as compact JSON, ``application/json``.
+        """A response whose body is ``obj`` as compact JSON, ``application/json``
+        (unless ``headers`` has a ``content-type``: ``application/problem+json``).
 
         ``json.dumps`` with no spaces and non-ASCII kept as UTF-8 (RFC 8259 8.1).
         NaN and infinities are refused (they are not JSON), as is anything
@@ -90,7 +91,7 @@ class Response:
             ValueError: ``obj`` holds NaN or an infinity, or a circular reference.
         """
         body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return cls(status, headers=[(b"content-type", b"application/json"), *headers], body=body)
+        return cls(status, headers=_typed(b"application/json", headers), body=body)
 
     @classmethod
     def text(
@@ -99,14 +100,15 @@ class Response:
         status: int = 200,
         headers: Iterable[tuple[str | bytes, str | bytes]] = (),
     ) -> Response:
-        """A response whose body is ``text`` in UTF-8, ``text/plain; charset=utf-8``.
+        """A response whose body is ``text`` in UTF-8, ``text/plain; charset=utf-8``
+        (unless ``headers`` has a ``content-type``: ``text/html; charset=utf-8``).
 
         Raises:
             TypeError: ``text`` is not a ``str``.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
-        return cls(status, headers=[(b"content-type", _TEXT_PLAIN), *headers], body=text)
+        return cls(status, headers=_typed(_TEXT_PLAIN, headers), body=text)
 
     @classmethod
     def redirect(
@@ -276,6 +278,17 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # percent-encoded input stays as it is); the rest (non-ASCII, space) is encoded.
 _URL_SAFE: Final = ":/?#[]@!$&'()*+,;=%~"
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _typed(
+    content_type: bytes, headers: Iterable[tuple[str | bytes, str | bytes]]
+) -> list[tuple[str | bytes, str | bytes]]:
+    """``headers`` after a ``content-type`` of ``content_type``, unless they have one."""
+    pairs = list(headers)
+    for name, _ in pairs:
+        if _header_bytes(name).lower() == b"content-type":
+            return pairs
+    return [(b"content-type", content_type), *pairs]
 
 
 def _rebuild(
