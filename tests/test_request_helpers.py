@@ -228,6 +228,16 @@ async def test_form_refuses_another_content_type_with_415(content_type: str | No
     assert (await post(form_handler(), content_type, b"a=1")).status == 415
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=\x01"])
+async def test_a_refused_form_leaves_the_body_unread(content_type: str) -> None:
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        with pytest.raises(trioserve.HTTPError):
+            await request.form()
+        return trioserve.Response(body=await request.body())
+
+    assert (await post(handler, content_type, b"a=1")).body == b"a=1"
+
+
 # --- form(): multipart ----------------------------------------------------------------
 
 
@@ -367,7 +377,7 @@ async def test_files_are_closed_when_reading_fails() -> None:
         with pytest.raises(trioserve.ClientDisconnected):
             await _forms.read_form(
                 MULTIPART,
-                chunks(),
+                chunks,
                 max_fields=10,
                 max_files=10,
                 max_field_size=100,

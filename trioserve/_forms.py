@@ -171,7 +171,7 @@ class FormData(Mapping[str, FormValue]):
 
 async def read_form(
     content_type: str | None,
-    chunks: AsyncIterator[bytes],
+    open_stream: Callable[[], AsyncIterator[bytes]],
     *,
     max_fields: int,
     max_files: int,
@@ -179,11 +179,17 @@ async def read_form(
     max_file_size: float,
     spool_size: int,
 ) -> FormData:
-    """Read a form body from ``chunks`` (see ``Request.form`` for the contract)."""
+    """Read a form body (see ``Request.form`` for the contract).
+
+    ``open_stream`` is called once the content type is known to be a form, so a 415
+    or a bad boundary leaves the body unread.
+    """
     media_type, _, params = (content_type or "").partition(";")
     media_type = media_type.strip(" \t").lower()
     if media_type == "application/x-www-form-urlencoded":
-        return await _read_urlencoded(chunks, max_fields=max_fields, max_size=max_field_size)
+        return await _read_urlencoded(
+            open_stream(), max_fields=max_fields, max_size=max_field_size
+        )
     if media_type == "multipart/form-data":
         reader = _MultipartReader(
             _boundary(params),
@@ -194,7 +200,7 @@ async def read_form(
             spool_size=spool_size,
         )
         try:
-            return await reader.read(chunks)
+            return await reader.read(open_stream())
         except BaseException:
             reader.close_files()
             raise

@@ -364,8 +364,9 @@ class Request:
 
         The body is read as :meth:`stream` reads it (bounded by
         ``Config.max_body_size``, never held whole for multipart); a second call
-        returns the same form. Multipart needs ``python-multipart``
-        (``pip install trioserve[multipart]``).
+        returns the same form. Unlike :meth:`body`, a cancelled ``form()`` cannot be
+        resumed: the files read so far are closed and the body stays consumed.
+        Multipart needs ``python-multipart`` (``pip install trioserve[multipart]``).
 
         Args:
             max_fields: most fields (files not counted); more is a 400.
@@ -395,7 +396,7 @@ class Request:
         if form is None:
             form = await read_form(
                 self.headers.get("content-type"),
-                self.stream(),
+                self.stream,
                 max_fields=max_fields,
                 max_files=max_files,
                 max_field_size=max_field_size,
