@@ -399,3 +399,24 @@ async def test_multipart_without_python_multipart_is_a_500(
     monkeypatch.setattr(_forms.importlib, "import_module", no_module)
     assert (await post(form_handler(), MULTIPART, GOOD_PART)).status == 500
     assert "pip install 'trioserve[multipart]'" in caplog.text
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (multipart(("n" * 20_000, "1", None, None)), 413),  # part headers too large
+        (GOOD_PART.replace(b"\r\n\r\n", b"\r\n" + b"X-A: 1\r\n" * 9 + b"\r\n"), 400),
+        (multipart(("a", "x" * 2000, None, None)), 413),  # over max_field_size
+        (GOOD_PART.replace(b"1\r\n--", b"\xff\r\n--"), 400),
+    ],
+)
+async def test_multipart_refusals_whatever_the_feed(feed: str, body: bytes, status: int) -> None:
+    head = (
+        f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {MULTIPART}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with open_feed(form_handler(max_field_size=1000), feed) as client:
+        await client.send(head + body)
+        response = await client.read("POST")
+    assert response.status == status

@@ -144,6 +144,9 @@ class Request:
     calling ``body()`` again, or iterating the same stream again, goes on where the
     cancelled call stopped. Reading raises :class:`trioserve.HTTPError` (413, 408) or
     :class:`trioserve.ClientDisconnected`, which handlers normally let propagate.
+
+    For the everyday cases: ``await request.json()``, ``await request.form()``
+    (urlencoded or multipart, with limits), ``request.cookies`` and ``request.url``.
     """
 
     __slots__ = (
