@@ -173,6 +173,32 @@ async def test_replies_to_messages_that_came_before_the_peers_close_are_sent(
     assert ws.close_code == 1000
 
 
+async def test_a_message_before_a_bad_frame_is_answered_before_the_1002(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Autobahn 3.2: a good message, then a frame with a reserved bit, in one write. The
+    # failure waits until the application asks for the next message, so the echo of
+    # the good one goes first, then the close with 1002 (the reader had failed the
+    # connection as the handler was about to answer).
+    client, stream, protocol = pair()
+
+    async def slow_echo(ws: WebSocket) -> None:
+        message = await ws.receive()
+        await trio.sleep(1)  # the bad frame is parsed meanwhile
+        await ws.send(message)
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1002
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, stream, protocol, NO_PINGS, slow_echo, [])
+        await client.stream.send_all(
+            client.conn.send(TextMessage(data="Hello, world!")) + frame(0x1, b"x", rsv1=True)
+        )
+        assert await client.next_message() == "Hello, world!"
+        assert (await client.expect_close()).code == 1002
+
+
 async def test_a_client_close_with_another_code_ends_iteration_with_an_error() -> None:
     client, stream, protocol = pair()
     seen: list[BaseException] = []

@@ -69,6 +69,14 @@ _NORMAL: Final = frozenset((1000, 1001, 1005))
 _ABNORMAL: Final = 1006
 
 
+class _Failed:
+    """Handed to the application in place of a message: the peer broke the protocol
+    after the messages before it (``receive()`` raises ``WebSocketClosed``)."""
+
+
+_FAILED: Final = _Failed()
+
+
 class WebSocketClosed(Exception):
     """The WebSocket is closed: ``code`` and ``reason`` say how (RFC 6455 7.4).
 
@@ -143,7 +151,7 @@ class WebSocket:
         self._ending: WebSocketClosed | None = None
         self._ended = trio.Event()  # set when the state is CLOSED or ABORTED
         self._lock = trio.Lock()
-        send, receive = trio.open_memory_channel[str | bytes](0)
+        send, receive = trio.open_memory_channel[str | bytes | _Failed](0)
         self._messages_in, self._messages_out = send, receive
         self._pong_wanted: bytes | None = None
         self._pong_received = trio.Event()
@@ -183,9 +191,12 @@ class WebSocket:
             WebSocketClosed: the peer closed, the connection broke (1006), or we closed.
         """
         try:
-            return await self._messages_out.receive()
+            message = await self._messages_out.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._closed() from None
+        if isinstance(message, _Failed):
+            raise self._closed()
+        return message
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -217,8 +228,11 @@ class WebSocket:
             if self._state is _OPEN:
                 self._state = _State.CLOSE_SENT
                 self._decide(code, reason)
+                # A failure decided first (a bad frame waiting for the application to
+                # take the messages before it) keeps its own code.
+                ending = self._closed()
                 with contextlib.suppress(WebSocketClosed):
-                    await self._write(self._protocol.send_close(code, reason))
+                    await self._write(self._protocol.send_close(ending.code, ending.reason))
         with trio.move_on_after(self._config.ws_close_timeout):
             await self._ended.wait()
         # No close from the peer in time: the connection ends all the same.
@@ -283,7 +297,17 @@ class WebSocket:
                     await self._write(self._protocol.send_close(event.code))
             self._end(_State.CLOSED)
             return False
-        # A ProtocolFailure: fail the connection (RFC 6455 7.1.7), with its code.
+        # A ProtocolFailure: fail the connection (RFC 6455 7.1.7), with its code. The
+        # messages that came before the bad frame are answered first, in the peer's
+        # order (Autobahn 3.2, 5.15): the failure waits until the application asks for
+        # the next message (its receive() then raises), at most ws_close_timeout.
+        self._decide(event.code, event.reason)
+        if self._state is _OPEN and self._handed_over:
+            with (
+                trio.move_on_after(self._config.ws_close_timeout),
+                contextlib.suppress(trio.BrokenResourceError),
+            ):
+                await self._messages_in.send(_FAILED)
         await self._fail(event.code, event.reason, then=_State.CLOSED)
         return False
 

@@ -11,7 +11,8 @@
 
 Applications written for anyio (Starlette, FastAPI) run on trio unchanged. The
 ``http`` and ``lifespan`` scopes are implemented in full (HTTP spec 2.4, lifespan
-2.0), with the ``http.response.pathsend`` extension. WebSocket is not served yet.
+2.0), with the ``http.response.pathsend`` extension, and the ``websocket`` scope (spec
+2.4, with the ``websocket.http.response`` extension: docs/websocket.md).
 """
 
 from ._handler import DRAIN_TIMEOUT as DRAIN_TIMEOUT
