@@ -96,12 +96,22 @@ async def test_fastapi_on_asyncio_with_a_graceful_sigterm_in_flight(loop: str) -
     assert b"Traceback" not in child.stderr
 
 
-async def test_quart_on_asyncio() -> None:
+async def test_quart_on_asyncio_with_a_graceful_sigterm_in_flight() -> None:
     async with running(command("tests.programs.asyncio_apps:quart_app", "--loop", "asyncio")) as c:
         status, body = await request(c, "GET", "/hello/ada")
         assert (status, json.loads(body)) == (200, {"hello": "ada", "task": True})
-        c.process.send_signal(signal.SIGTERM)
+        answers: list[tuple[int, bytes]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def in_flight() -> None:
+                answers.append(await request(c, "GET", "/hello/bob?seconds=1"))
+
+            nursery.start_soon(in_flight)
+            await c.wait_for(rb"(handling /hello\n[\s\S]*){2}")
+            c.process.send_signal(signal.SIGTERM)
         assert await c.wait() == 0, c.stderr
+    [(status, body)] = answers
+    assert (status, json.loads(body)["hello"]) == (200, "bob")
 
 
 async def test_on_trio_an_asyncio_app_fails_with_a_line_naming_loop_asyncio() -> None:

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 import aiosqlite
 from fastapi import FastAPI
 from quart import Quart
+from quart import request as quart_request
 
 _DB = os.path.join(tempfile.mkdtemp(prefix="trioserve-aiosqlite-"), "notes.db")
 
@@ -79,5 +80,5 @@ quart_app = Quart(__name__)
 @quart_app.route("/hello/<name>")
 async def hello(name: str) -> dict[str, object]:
     _started("/hello")
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(float(quart_request.args.get("seconds", "0.01")))
     return {"hello": name, "task": asyncio.current_task() is not None}
