@@ -39,6 +39,7 @@ from .._errors import BodyUnavailable, ClientDisconnected, HTTPError, split_fail
 from .._logging import error_logger
 from .._request import Request
 from .._response import BodyAfterFirst, Response
+from ._loops import explain_asyncio_failure
 from ._types import (
     ASGIApp,
     ClientDisconnectedError,
@@ -209,6 +210,7 @@ class HTTPCycle:
                     # KeyboardInterrupt or SystemExit.
                     failure, rest = split_failure(raised)
                     if failure is not None:
+                        explain_asyncio_failure(failure)
                         self.app_raised(failure)
                     if rest is not None:
                         raise rest from None

@@ -40,6 +40,7 @@ from .._request import Request
 from .._response import Response
 from .._websocket import WebSocket, WebSocketClosed
 from ._http import ABANDON_GRACE, HTTPCycle
+from ._loops import explain_asyncio_failure
 from ._types import (
     ASGIApp,
     ClientDisconnectedError,
@@ -215,6 +216,7 @@ class WebSocketCycle:
                 except BaseException as raised:
                     failure, rest = split_failure(raised)
                     if failure is not None:
+                        explain_asyncio_failure(failure)
                         self._app_raised(failure)
                     if rest is not None:
                         raise rest from None
