@@ -41,7 +41,9 @@ import pytest
 import trio
 
 import trioserve
-from trioserve.asgi import ASGIHandler, Receive, Scope, Send
+from trioserve.asgi import ASGIHandler
+
+from .test_asgi_websocket import echo_app  # the ASGI echo: the same application there
 
 #: Cases the suite labels INFORMATIONAL, both verdicts, whatever the server does: they
 #: probe what RFC 6455 leaves open (kosoku's cases/case7_1_6.py: a message and a close
@@ -68,22 +70,8 @@ def native() -> Served:
     return Served(native_echo)
 
 
-async def asgi_echo(scope: Scope, receive: Receive, send: Send) -> None:
-    assert scope["type"] == "websocket"
-    assert (await receive())["type"] == "websocket.connect"
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await send({"type": "websocket.send", "text": message["text"]})
-        else:
-            await send({"type": "websocket.send", "bytes": message["bytes"]})
-
-
 def asgi() -> Served:
-    handler = ASGIHandler(asgi_echo, lifespan="off")
+    handler = ASGIHandler(echo_app, lifespan="off")
     return Served(handler, handler.lifespan)
 
 
