@@ -125,7 +125,10 @@ GROUPS = [
             include=(),
             exclude=("12.*", "13.*"),
             config=trioserve.Config(ws_per_message_deflate=False),
-            parallelism=4,
+            # Two at a time: the suite gives the server about a second to drop the TCP
+            # connection after a closing handshake (else "FAILED BY CLIENT"), and four
+            # at a time on a loaded 2-core machine once missed it (6.22.30, ASGI).
+            parallelism=2,
         ),
         id="1-11-plain",
     ),
