@@ -109,10 +109,13 @@ def _script(path: Path, *args: str) -> Callable[[int], list[str]]:
     return lambda port: _python(str(path), *args, "--port", str(port))
 
 
-def _trioserve_asgi(port: int) -> list[str]:
-    flags = ["--interface", "asgi", *_bind_flags(port), "--no-access-log"]
-    flags += ["--no-ws-per-message-deflate", "--ws-ping-interval", "inf"]
-    return _python("-m", "trioserve", ASGI_APP, *flags)
+def _trioserve_asgi(loop: str = "trio") -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        flags = ["--interface", "asgi", "--loop", loop, *_bind_flags(port), "--no-access-log"]
+        flags += ["--no-ws-per-message-deflate", "--ws-ping-interval", "inf"]
+        return _python("-m", "trioserve", ASGI_APP, *flags)
+
+    return command
 
 
 def _hypercorn_trio(port: int) -> list[str]:
@@ -132,7 +135,21 @@ SERVERS: tuple[ServerSpec, ...] = (
         "trioserve-asgi",
         "trioserve, ASGI app (python -m trioserve --interface asgi)",
         "trioserve",
-        _trioserve_asgi,
+        _trioserve_asgi(),
+    ),
+    ServerSpec(
+        "trioserve-asgi-asyncio",
+        "trioserve, ASGI app, --loop asyncio (the server as asyncio's trio guest)",
+        "trioserve",
+        _trioserve_asgi("asyncio"),
+        HTTP_SCENARIOS,
+    ),
+    ServerSpec(
+        "trioserve-asgi-uvloop",
+        "trioserve, ASGI app, --loop uvloop",
+        "trioserve",
+        _trioserve_asgi("uvloop"),
+        HTTP_SCENARIOS,
     ),
     ServerSpec(
         "hypercorn-trio",

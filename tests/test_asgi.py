@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
 
+import anyio
 import pytest
 import trio
 import trio.testing
@@ -24,6 +25,7 @@ import trio.testing
 import trioserve
 import trioserve.asgi._http
 from tests.asgi_apps.serving import serve_asgi
+from tests.loops import Signal
 from trioserve.asgi import (
     ABANDON_GRACE,
     ASGIHandler,
@@ -202,8 +204,8 @@ async def test_pathsend_aborted_while_the_file_opens_closes_it(
 
     # The adapter looks the builtin up as a module global, so a global shadows it.
     monkeypatch.setattr(trioserve.asgi._http, "open", gated_open, raising=False)
-    sending = trio.Event()
-    done = trio.Event()
+    sending = Signal()
+    done = Signal()
     outcome: list[BaseException | None] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -412,7 +414,7 @@ async def test_client_gone_during_a_streamed_response(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
     outcome: list[BaseException] = []
-    stopped = trio.Event()
+    stopped = Signal()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -421,7 +423,7 @@ async def test_client_gone_during_a_streamed_response(
         try:
             for _ in range(10_000):  # about 100 s worth: it must stop long before
                 await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
         except OSError as exc:
             outcome.append(exc)
             raise
@@ -448,7 +450,7 @@ async def test_long_poll_sees_the_disconnect(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
     messages: list[Message] = []
-    send_failed = trio.Event()
+    send_failed = Signal()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -477,19 +479,18 @@ async def test_application_ignoring_the_disconnect_is_cancelled(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trioserve")
-    times: list[float] = []
-    cancelled = trio.Event()
+    disconnected = Signal()
+    cancelled = Signal()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         await receive()
         await receive()  # returns http.disconnect when the client goes...
-        times.append(trio.current_time())
+        disconnected.set()
         try:
-            await trio.sleep_forever()  # ...which this application ignores
+            await anyio.sleep_forever()  # ...which this application ignores
         finally:
-            times.append(trio.current_time())
             cancelled.set()
 
     async with hosted(app, lifespan="off") as handler:
@@ -498,7 +499,8 @@ async def test_application_ignoring_the_disconnect_is_cancelled(
             await trio.sleep(1)
         with trio.fail_after(ABANDON_GRACE * 2):
             await cancelled.wait()
-    assert times[1] - times[0] == pytest.approx(ABANDON_GRACE, abs=0.5)
+    [gone], [ended] = disconnected.times, cancelled.times
+    assert ended - gone == pytest.approx(ABANDON_GRACE, abs=0.5)
     assert errors_above_debug(caplog) == []
 
 

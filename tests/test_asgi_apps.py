@@ -6,6 +6,7 @@ import trio
 
 from tests.asgi_apps import fastapi_app, starlette_app
 from tests.asgi_apps.serving import serve_asgi
+from tests.loops import Signal
 
 
 async def test_starlette_routes_lifespan_state_and_body() -> None:
@@ -31,13 +32,14 @@ async def test_starlette_streaming_response() -> None:
 
 async def test_starlette_background_task_runs_after_the_response() -> None:
     starlette_app.events.clear()
+    done = starlette_app.background_done = Signal()
     async with serve_asgi(starlette_app.app) as client:
         response = await client.get("/later")
         # The response came before the background task had finished its work.
         assert response.status_code == 202
         assert "background" not in starlette_app.events
         with trio.fail_after(5):
-            await starlette_app.background_done.wait()
+            await done.wait()
     assert starlette_app.events == ["startup", "background", "shutdown"]
 
 

@@ -41,7 +41,9 @@ import pytest
 import trio
 
 import trioserve
-from trioserve.asgi import ASGIHandler, Receive, Scope, Send
+from trioserve.asgi import ASGIHandler
+
+from .test_asgi_websocket import echo_app  # the ASGI echo: the same application there
 
 #: Cases the suite labels INFORMATIONAL, both verdicts, whatever the server does: they
 #: probe what RFC 6455 leaves open (kosoku's cases/case7_1_6.py: a message and a close
@@ -68,22 +70,8 @@ def native() -> Served:
     return Served(native_echo)
 
 
-async def asgi_echo(scope: Scope, receive: Receive, send: Send) -> None:
-    assert scope["type"] == "websocket"
-    assert (await receive())["type"] == "websocket.connect"
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await send({"type": "websocket.send", "text": message["text"]})
-        else:
-            await send({"type": "websocket.send", "bytes": message["bytes"]})
-
-
 def asgi() -> Served:
-    handler = ASGIHandler(asgi_echo, lifespan="off")
+    handler = ASGIHandler(echo_app, lifespan="off")
     return Served(handler, handler.lifespan)
 
 
@@ -137,7 +125,10 @@ GROUPS = [
             include=(),
             exclude=("12.*", "13.*"),
             config=trioserve.Config(ws_per_message_deflate=False),
-            parallelism=4,
+            # Two at a time: the suite gives the server about a second to drop the TCP
+            # connection after a closing handshake (else "FAILED BY CLIENT"), and four
+            # at a time on a loaded 2-core machine once missed it (6.22.30, ASGI).
+            parallelism=2,
         ),
         id="1-11-plain",
     ),

@@ -43,6 +43,7 @@ from ._cli_config import POSITIVE_INT, add_config_flags, config_from, format_num
 from ._cli_listen import Listening, add_listen_flags, listening_from
 from ._cli_workers import add_worker_flags, supervise, worker_settings_from
 from ._config import Config
+from ._guest import Loop
 from ._handler import Handler
 from ._logging import StderrHandler, configure_logging, error_logger
 from ._run import EXIT_INTERRUPTED, run
@@ -87,6 +88,7 @@ class Options:
     app: str
     factory: bool
     interface: InterfaceChoice
+    loop: Loop
     listening: Listening
     workers: WorkerSettings | None
     worker: WorkerPlan | None
@@ -157,6 +159,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         reload_tls=listening.reload_tls,
         while_serving=_reporter(worker, recycle),
         announce=options.worker is None,
+        loop=options.loop,
     )
 
 
@@ -219,6 +222,15 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
         help="how to call the application: native (async def handler(request)), asgi "
         "(async def app(scope, receive, send)), wsgi (def app(environ, start_response)); "
         "auto detects it from the signature (default: auto)",
+    )
+    application.add_argument(
+        "--loop",
+        choices=("trio", "asyncio", "uvloop"),
+        default="trio",
+        help="the event loop: trio, or asyncio (uvloop: asyncio's with uvloop) with the "
+        "server as its trio guest, so that ASGI applications run as asyncio tasks and "
+        "may use asyncio libraries (Django, asyncio database drivers); native and WSGI "
+        "handlers stay on trio (default: trio)",
     )
     application.add_argument(
         "--app-dir",
@@ -308,6 +320,7 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
         app=str(namespace.app),
         factory=bool(namespace.factory),
         interface=cast(InterfaceChoice, namespace.interface),
+        loop=cast(Loop, namespace.loop),
         listening=listening,
         workers=workers,
         worker=worker,

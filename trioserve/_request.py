@@ -6,19 +6,26 @@ Rules for this module:
    handler consumes (backpressure).
 2. Everything derived from the target (path, query) is computed on first use: the hot
    path pays only for what the handler asks for.
-3. This module imports only value modules (``_headers``, ``_errors``) and the
-   sans-I/O ``_ws_protocol``.
+3. This module imports only value modules (``_headers``, ``_errors``, ``_cookies``),
+   the sans-I/O ``_ws_protocol``, and ``_forms``, which reads a body through
+   ``stream()`` like any handler.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import parse_qs, unquote
 
 import trio
 
+from ._cookies import parse_cookie_header
+from ._errors import BadRequest, HTTPError
+from ._forms import FormData, read_form
 from ._headers import Headers
 from ._ws_protocol import is_upgrade, offered_subprotocols
 
@@ -137,11 +144,16 @@ class Request:
     calling ``body()`` again, or iterating the same stream again, goes on where the
     cancelled call stopped. Reading raises :class:`trioserve.HTTPError` (413, 408) or
     :class:`trioserve.ClientDisconnected`, which handlers normally let propagate.
+
+    For the everyday cases: ``await request.json()``, ``await request.form()``
+    (urlencoded or multipart, with limits), ``request.cookies`` and ``request.url``.
     """
 
     __slots__ = (
         "_body_consumed",
         "_body_parts",
+        "_cookies",
+        "_form",
         "_path",
         "_query",
         "_shutdown",
@@ -183,6 +195,8 @@ class Request:
         self._shutdown = shutdown_event
         self._body_consumed = False
         self._body_parts: list[bytes] | None = None  # what a cancelled body() had read
+        self._cookies: Mapping[str, str] | None = None
+        self._form: FormData | None = None
         self._path: str | None = None
         self._query: dict[str, list[str]] | None = None
         self._split: tuple[bytes, bytes] | None = None
@@ -314,6 +328,133 @@ class Request:
         self._body_parts = None
         return b"".join(parts)
 
+    async def json(self) -> object:
+        """Read the body and parse it as JSON (RFC 8259).
+
+        The body is read as :meth:`body` reads it (bounded by ``Config.max_body_size``,
+        once per request); the result is what ``json.loads`` returns.
+
+        Raises:
+            trioserve.HTTPError: 415 when the ``Content-Type`` is not
+                ``application/json`` or ``application/<anything>+json`` (RFC 6839 3.1);
+                400 (:class:`trioserve.BadRequest`) when the body is not UTF-8 (RFC 8259
+                8.1) or not JSON; what :meth:`stream` raises (413, 408, a client gone).
+            RuntimeError: the body was already consumed.
+        """
+        if not _is_json(self.headers.get("content-type")):
+            raise HTTPError("the body is not declared as JSON", status_code=415)
+        body = await self.body()
+        try:
+            return json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequest("the JSON body is not UTF-8") from None
+        except (ValueError, RecursionError):
+            # json.JSONDecodeError is a ValueError, as is an integer too long for
+            # int(); RecursionError: nesting deeper than the interpreter's stack.
+            raise BadRequest("the body is not valid JSON") from None
+
+    async def form(
+        self,
+        *,
+        max_fields: int = 1000,
+        max_files: int = 100,
+        max_field_size: int = 1024 * 1024,
+        max_file_size: float = math.inf,
+        spool_size: int = 1024 * 1024,
+    ) -> FormData:
+        """Read the body as a form: ``application/x-www-form-urlencoded`` or
+        ``multipart/form-data`` (RFC 7578), and return a :class:`trioserve.FormData`.
+
+        The body is read as :meth:`stream` reads it (bounded by
+        ``Config.max_body_size``, never held whole for multipart); a second call
+        returns the same form. Unlike :meth:`body`, a cancelled ``form()`` cannot be
+        resumed: the files read so far are closed and the body stays consumed.
+        Multipart needs ``python-multipart`` (``pip install trioserve[multipart]``).
+
+        Args:
+            max_fields: most fields (files not counted); more is a 400.
+            max_files: most file parts; more is a 400.
+            max_field_size: largest value of a text field, in bytes (and largest
+                urlencoded body, held whole in memory); more is a 413.
+            max_file_size: largest file part, in bytes; more is a 413 (the body limit
+                bounds it anyway).
+            spool_size: file parts up to this size stay in memory; larger ones go
+                to an anonymous temporary file.
+
+        Resource handling:
+            Close the form when done with its files (``form.close()``, or
+            ``with await request.form() as form:``). Temporary files are anonymous
+            (unlinked at creation on POSIX), so a form never closed costs an open
+            file until it is garbage-collected, never a file left on disk.
+
+        Raises:
+            trioserve.HTTPError: 415 for another content type; 400 for a malformed
+                form (a bad boundary, bad percent-encoding or UTF-8, too many fields
+                or files); 413 for a field, file or part header over its limit; what
+                :meth:`stream` raises (413, 408, a client gone).
+            RuntimeError: the body was already consumed by another method, or the
+                body is multipart and ``python-multipart`` is not installed.
+        """
+        form = self._form
+        if form is None:
+            form = await read_form(
+                self.headers.get("content-type"),
+                self.stream,
+                max_fields=max_fields,
+                max_files=max_files,
+                max_field_size=max_field_size,
+                max_file_size=max_file_size,
+                spool_size=spool_size,
+            )
+            self._form = form
+        return form
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        """The cookies the client sent, as a read-only ``{name: value}`` mapping.
+
+        Read from every ``Cookie`` header (RFC 6265 5.4); a pair without ``=`` or
+        with a name that is not a token is skipped, double quotes around a value
+        are removed, and the first of a repeated name wins.
+        """
+        cookies = self._cookies
+        if cookies is None:
+            cookies = self._cookies = parse_cookie_header(self.headers.getall("cookie"))
+        return cookies
+
+    @property
+    def url(self) -> str:
+        """The full URL the client asked for: ``scheme://host/path?query``.
+
+        A ``str`` rather than a URL object: its parts are already on the request
+        (``scheme``, ``path``, ``raw_path``, ``query_string``, ``query``), and a string
+        is what redirects, logs and ``urllib.parse.urlsplit`` take.
+
+        The path stays percent-encoded as sent. The host is the ``Host`` header (behind
+        a trusted proxy, the one it forwarded: see docs/deployment.md); without one,
+        or with one that is not a valid host (RFC 3986 3.2.2), the server's own
+        address; failing that, ``localhost``.
+        """
+        query = self.query_string
+        path = self.raw_path.decode("latin-1") or "/"
+        if query:
+            path = f"{path}?{query.decode('latin-1')}"
+        if path == "*" or not path.startswith("/"):
+            path = "/"  # asterisk-form (OPTIONS *) and authority-form (CONNECT)
+        return f"{self.scheme}://{self._host()}{path}"
+
+    def _host(self) -> str:
+        host = self.headers.get("host")
+        if host and _HOST_RE.fullmatch(host):
+            return host
+        if self.server is not None:
+            address, port = self.server
+            if ":" in address:
+                address = f"[{address}]"
+            default = 443 if self.scheme in ("https", "wss") else 80
+            return address if port == default else f"{address}:{port}"
+        return "localhost"
+
     def _claim_body(self) -> None:
         if self._body_consumed:
             raise RuntimeError("the request body can be read only once")
@@ -348,6 +489,23 @@ class _BodyIterator:
         """Nothing to release (the body stays with the connection); for symmetry with
         async generators, which callers may close."""
         await trio.lowlevel.checkpoint()
+
+
+# RFC 3986 3.2.2 and 3.2.3: reg-name (unreserved, pct-encoded, sub-delims) or an
+# IP literal in brackets, then an optional port. No "/", "?", "#", "@" or space: a
+# Host header cannot move the URL's path or add user information.
+_HOST_RE: Final = re.compile(r"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is JSON: ``application/json``, or a ``+json`` structured
+    syntax suffix (RFC 6839 3.1: ``application/problem+json``). Parameters (a
+    ``charset``) are ignored: JSON is UTF-8 whatever they say (RFC 8259 8.1)."""
+    if content_type is None:
+        return False
+    media_type = content_type.partition(";")[0].strip(" \t").lower()
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _split_target(target: str) -> tuple[bytes, bytes]:

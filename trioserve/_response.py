@@ -4,17 +4,23 @@ Rules for this module:
 1. A Response is a value: status, header pairs and a body. It does no I/O and knows
    nothing of framing; the connection chooses Content-Length, chunked or
    close-delimited framing from it (RFC 9112 6).
-2. This module imports nothing from the rest of trioserve.
+2. This module imports nothing from the rest of trioserve but ``_cookies`` (a leaf
+   that writes ``Set-Cookie`` values).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterable, Iterable
+from datetime import datetime, timezone
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
+from urllib.parse import quote
+
+from ._cookies import SameSite, format_set_cookie
 
 __all__ = ["BodyAfterFirst", "Response"]
 
@@ -65,6 +71,153 @@ class Response:
         _set(self, "status", status)
         _set(self, "headers", tuple([_header_pair(name, value) for name, value in headers]))
         _set(self, "body", _valid_body(body))
+
+    @classmethod
+    def json(
+        cls,
+        obj: object,
+        status: int = 200,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+    ) -> Response:
+        """A response whose body is ``obj`` as compact JSON, ``application/json``
+        (unless ``headers`` has a ``content-type``: ``application/problem+json``).
+
+        ``json.dumps`` with no spaces and non-ASCII kept as UTF-8 (RFC 8259 8.1).
+        NaN and infinities are refused (they are not JSON), as is anything
+        ``json.dumps`` cannot serialise.
+
+        Raises:
+            TypeError: ``obj`` (or something in it) is not JSON-serialisable.
+            ValueError: ``obj`` holds NaN or an infinity, or a circular reference.
+        """
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return cls(status, headers=_typed(b"application/json", headers), body=body)
+
+    @classmethod
+    def text(
+        cls,
+        text: str,
+        status: int = 200,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+    ) -> Response:
+        """A response whose body is ``text`` in UTF-8, ``text/plain; charset=utf-8``
+        (unless ``headers`` has a ``content-type``: ``text/html; charset=utf-8``).
+
+        Raises:
+            TypeError: ``text`` is not a ``str``.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return cls(status, headers=_typed(_TEXT_PLAIN, headers), body=text)
+
+    @classmethod
+    def redirect(
+        cls,
+        url: str,
+        status: int = 307,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+    ) -> Response:
+        """A redirect to ``url`` (absolute, or relative to the request: RFC 9110 10.2.2).
+
+        307 (the default) and 308 keep the method and body; 303 makes the client
+        follow with a GET (the answer to a form POST); 301 and 302 are the legacy
+        forms. Characters outside ASCII, and spaces, are percent-encoded.
+
+        Raises:
+            ValueError: ``status`` is not 3xx, or ``url`` holds a control character
+                (CR, LF, NUL...: a header injection), or is empty.
+        """
+        if type(status) is not int or not 300 <= status <= 399:
+            raise ValueError(f"a redirect status must be 3xx, not {status!r}")
+        if not url or _CONTROL_RE.search(url) is not None:
+            raise ValueError(
+                f"a redirect URL must be non-empty without control characters: {url!r}"
+            )
+        location = quote(url, safe=_URL_SAFE)
+        return cls(status, headers=[(b"location", location), *headers])
+
+    def set_cookie(
+        self,
+        name: str,
+        value: str,
+        *,
+        max_age: int | None = None,
+        expires: datetime | None = None,
+        path: str | None = "/",
+        domain: str | None = None,
+        secure: bool = False,
+        httponly: bool = False,
+        samesite: SameSite | None = "lax",
+    ) -> Response:
+        """A copy of this response with a ``Set-Cookie`` header added (RFC 6265 4.1).
+
+        A ``Response`` is frozen, so this returns a new one (the body is shared)::
+
+            return Response.redirect("/", 303).set_cookie("session", token, httponly=True)
+
+        Args:
+            name: a token (letters, digits and ``!#$%&'*+-.^_`|~``).
+            value: cookie-octets only: printable ASCII without space, ``"``, ``,``,
+                ``;`` or ``\\``. Encode anything else (base64url, percent-encoding).
+            max_age: seconds until the cookie expires (``0`` or less: at once).
+            expires: when it expires, an aware ``datetime``; prefer ``max_age``.
+            path: the paths it is sent for (``None``: the client's default).
+            domain: the domain it is sent to, subdomains included (``None``: this
+                host only).
+            secure: sent over HTTPS only.
+            httponly: hidden from scripts in the page.
+            samesite: ``"lax"`` (the default, as browsers), ``"strict"``, ``"none"``
+                (needs ``secure``) or None (no attribute).
+
+        Raises:
+            ValueError: a name, value or attribute breaks RFC 6265 (a ``;``, CR or LF
+                among them), or the combination is one browsers refuse.
+        """
+        cookie = format_set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            expires=expires,
+            path=path,
+            domain=domain,
+            secure=secure,
+            httponly=httponly,
+            samesite=samesite,
+        )
+        return self._with_header(b"set-cookie", cookie.encode("ascii"))
+
+    def delete_cookie(
+        self,
+        name: str,
+        *,
+        path: str | None = "/",
+        domain: str | None = None,
+        secure: bool = False,
+        httponly: bool = False,
+        samesite: SameSite | None = "lax",
+    ) -> Response:
+        """A copy of this response that tells the client to drop cookie ``name``: an
+        empty value, ``Max-Age=0`` and an ``Expires`` in the past (for clients older
+        than ``Max-Age``). ``path`` and ``domain`` must be those it was set with.
+
+        Raises:
+            ValueError: as :meth:`set_cookie`.
+        """
+        return self.set_cookie(
+            name,
+            "",
+            max_age=0,
+            expires=_EPOCH,
+            path=path,
+            domain=domain,
+            secure=secure,
+            httponly=httponly,
+            samesite=samesite,
+        )
+
+    def _with_header(self, name: bytes, value: bytes) -> Response:
+        pair = _header_pair(name, value)
+        return _rebuild(type(self), self.status, (*self.headers, pair), self.body)
 
     def with_body(self, body: Body) -> Response:
         """A copy of this response with another body (status and headers, already
@@ -117,6 +270,25 @@ class BodyAfterFirst:
     async def next_piece(self) -> bytes:
         """The next piece after the first (raise ``StopAsyncIteration`` at the end)."""
         raise NotImplementedError
+
+
+_TEXT_PLAIN: Final = b"text/plain; charset=utf-8"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# What Location keeps as it is: RFC 3986's reserved characters and "%" (already
+# percent-encoded input stays as it is); the rest (non-ASCII, space) is encoded.
+_URL_SAFE: Final = ":/?#[]@!$&'()*+,;=%~"
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _typed(
+    content_type: bytes, headers: Iterable[tuple[str | bytes, str | bytes]]
+) -> list[tuple[str | bytes, str | bytes]]:
+    """``headers`` after a ``content-type`` of ``content_type``, unless they have one."""
+    pairs = list(headers)
+    for name, _ in pairs:
+        if _header_bytes(name).lower() == b"content-type":
+            return pairs
+    return [(b"content-type", content_type), *pairs]
 
 
 def _rebuild(

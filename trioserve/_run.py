@@ -28,6 +28,7 @@ import trio
 
 from ._config import Config
 from ._errors import StartupError
+from ._guest import Loop, run_on
 from ._handler import Handler
 from ._listeners import ListenerError
 from ._logging import configure_logging, error_logger, logging_configured
@@ -69,6 +70,7 @@ def run(
     reload_tls: Callable[[], ssl.SSLContext] | None = None,
     while_serving: Callable[[Server], Awaitable[object]] | None = None,
     announce: bool = True,
+    loop: Loop = "trio",
 ) -> int:
     """Serve ``handler`` in this process until SIGINT or SIGTERM; return an exit status.
 
@@ -107,6 +109,9 @@ def run(
             its supervisor).
         announce: print the ``Serving on`` lines (a worker leaves them to its
             supervisor).
+        loop: ``"trio"`` (the default); ``"asyncio"`` or ``"uvloop"`` run the server
+            as the trio guest of that event loop: an ASGI application's calls are
+            asyncio tasks there (``--loop`` on the command line; docs/asyncio.md).
 
     Returns:
         0 (:data:`EXIT_OK`) after a clean graceful shutdown; 1 (:data:`EXIT_FAILURE`)
@@ -125,7 +130,8 @@ def run(
         configure_logging("info", access_log=True)
     served: list[Server] = []  # the server, once it serves (for a late Ctrl+C)
     try:
-        server = trio.run(
+        server = run_on(
+            loop,
             functools.partial(
                 _serve_and_report,
                 handler,
@@ -133,7 +139,7 @@ def run(
                 listeners,
                 _Tasks(reload_tls, while_serving, announce),
                 served,
-            )
+            ),
         )
     except _ListenError as exc:
         _report(listen_error_line(exc.error, host, port or 0), exc)

@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import trio
-import trio.lowlevel
+import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.loops import Signal
+
 #: What the background task and the lifespan did, in order (tests read it).
 events: list[str] = []
-#: Set by the background task once it has run.
-background_done = trio.Event()
+#: Set by the background task once it has run (a tests.loops.Signal, made by the test:
+#: the application may run on trio or on asyncio).
+background_done: Signal | None = None
 
 
 @asynccontextmanager
@@ -38,7 +41,7 @@ async def echo(request: Request) -> Response:
 async def numbers(request: Request) -> Response:
     async def generate() -> AsyncIterator[bytes]:
         for i in range(5):
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             yield b"%d\n" % i
 
     return StreamingResponse(generate(), media_type="text/plain")
@@ -46,9 +49,10 @@ async def numbers(request: Request) -> Response:
 
 async def later(request: Request) -> Response:
     async def work() -> None:
-        await trio.sleep(0.05)
+        await anyio.sleep(0.05)
         events.append("background")
-        background_done.set()
+        if background_done is not None:
+            background_done.set()
 
     return PlainTextResponse("accepted", status_code=202, background=BackgroundTask(work))
 

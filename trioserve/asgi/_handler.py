@@ -22,6 +22,7 @@ from .._request import Request
 from .._response import Response
 from ._http import HTTPCycle
 from ._lifespan import LifespanMode, LifespanProtocol
+from ._loops import app_caller
 from ._types import ASGI_VERSION, ASGIApp, Scope
 from ._websocket import WebSocketCycle
 
@@ -100,6 +101,7 @@ class ASGIHandler:
 
     __slots__ = (
         "_apps",
+        "_call",
         "_hosted",
         "_raw_root_path",
         "_state",
@@ -120,6 +122,9 @@ class ASGIHandler:
         # The lifespan scope's "state"; each request gets a shallow copy (spec).
         self._state: dict[str, object] = {}
         self._apps: trio.Nursery | None = None
+        # The application as the cycles call it: on trio, or on the asyncio loop the
+        # server runs on as a guest (``_loops``); decided when the host starts.
+        self._call: ASGIApp = app
         self._hosted = False
 
     async def __call__(self, request: Request) -> Response | None:
@@ -137,7 +142,7 @@ class ASGIHandler:
             raise RuntimeError(_NOT_HOSTED)
         if request.is_websocket:
             ws_cycle = WebSocketCycle(request, self._scope(request, "websocket"))
-            apps.start_soon(ws_cycle.run, self.app)
+            apps.start_soon(ws_cycle.run, self._call)
             return await ws_cycle.respond()
         headers = request.headers.raw
         # RFC 9112 6.3: a request has a body only with Content-Length or
@@ -149,7 +154,7 @@ class ASGIHandler:
             elif name == b"transfer-encoding":
                 body_length = None
         cycle = HTTPCycle(request, self._scope(request, "http"), body_length)
-        apps.start_soon(cycle.run, self.app)
+        apps.start_soon(cycle.run, self._call)
         return await cycle.wait_response()
 
     def _scope(self, request: Request, kind: Literal["http", "websocket"]) -> Scope:
@@ -245,6 +250,7 @@ class _Host:
         if handler._hosted:
             raise RuntimeError(f"the lifespan of {handler!r} is already running")
         handler._hosted = True
+        handler._call = app_caller(handler.app)
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -252,7 +258,7 @@ class _Host:
                     apps: trio.Nursery = await nursery.start(self._host_apps)
                     if handler.lifespan_mode != "off":
                         protocol = LifespanProtocol(
-                            handler.app, handler._state, handler.lifespan_mode
+                            handler._call, handler._state, handler.lifespan_mode
                         )
                         if await protocol.startup(nursery):
                             self._protocol = protocol

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import trio
@@ -39,17 +39,20 @@ from .._errors import BodyUnavailable, ClientDisconnected, HTTPError, split_fail
 from .._logging import error_logger
 from .._request import Request
 from .._response import BodyAfterFirst, Response
+from ._loops import explain_asyncio_failure
 from ._types import (
     ASGIApp,
     ClientDisconnectedError,
     Message,
+    Receive,
     Scope,
+    Send,
     message_bool,
     message_bytes,
     message_headers,
 )
 
-__all__ = ["ABANDON_GRACE", "HTTPCycle"]
+__all__ = ["ABANDON_GRACE", "HTTPCycle", "abandon", "call_app"]
 
 #: Seconds an application may run on after its exchange was aborted (client gone,
 #: response failed) before it is cancelled: time to see the ``OSError`` from
@@ -190,9 +193,7 @@ class HTTPCycle:
         self._state = _ABORTED
         if self._chunks_out is not None:
             self._chunks_out.close()
-        deadline = trio.current_time() + ABANDON_GRACE
-        if deadline < self.app_scope.deadline:
-            self.app_scope.deadline = deadline
+        abandon(self.app_scope)
 
     # --- The app task ----------------------------------------------------------------
 
@@ -200,21 +201,8 @@ class HTTPCycle:
         """Run the application for this exchange (the app task). Never raises but
         for a ``KeyboardInterrupt`` or a cancellation from outside (rule 5)."""
         try:
-            with self.app_scope:
-                try:
-                    await app(self.scope, self.receive, self.send)
-                except BaseException as raised:
-                    # The app's own errors are sorted here; what is left to raise is
-                    # only trio's cancellation (app_scope's, or from outside) and
-                    # KeyboardInterrupt or SystemExit.
-                    failure, rest = split_failure(raised)
-                    if failure is not None:
-                        self.app_raised(failure)
-                    if rest is not None:
-                        raise rest from None
-                else:
-                    self.app_returned()
-            if self.app_scope.cancelled_caught:
+            connection = (self.scope, self.receive, self.send)
+            if await call_app(app, connection, self.app_scope, self.app_raised, self.app_returned):
                 self._app_cancelled()
         finally:
             self.close_resources()
@@ -468,6 +456,40 @@ class HTTPCycle:
         """The engine is done with the streamed body (sent, or the connection failed)."""
         if self._state != _COMPLETE:
             self.abort()
+
+
+async def call_app(
+    app: ASGIApp,
+    connection: tuple[Scope, Receive, Send],
+    app_scope: trio.CancelScope,
+    raised: Callable[[Exception], None],
+    returned: Callable[[], None],
+) -> bool:
+    """Call ``app(*connection)`` in ``app_scope``, sorting its outcome (rule 5): its
+    own errors go to ``raised``, a return to ``returned``; what is left to raise is
+    only trio's cancellation (from outside) and ``KeyboardInterrupt`` or
+    ``SystemExit``. Returns whether ``app_scope`` cancelled it (an abandoned call)."""
+    with app_scope:
+        try:
+            await app(*connection)
+        except BaseException as exc:
+            failure, rest = split_failure(exc)
+            if failure is not None:
+                explain_asyncio_failure(failure)
+                raised(failure)
+            if rest is not None:
+                raise rest from None
+        else:
+            returned()
+    return app_scope.cancelled_caught
+
+
+def abandon(app_scope: trio.CancelScope) -> None:
+    """Cancel an application call ``ABANDON_GRACE`` seconds from now (or sooner, if
+    that was asked already): its exchange is over."""
+    deadline = trio.current_time() + ABANDON_GRACE
+    if deadline < app_scope.deadline:
+        app_scope.deadline = deadline
 
 
 class _StreamedBody(BodyAfterFirst):

@@ -22,6 +22,7 @@ import trio
 
 from .._errors import StartupError
 from .._logging import error_logger
+from ._loops import explain_asyncio_failure
 from ._types import ASGI_VERSION, ASGIApp, Message, Scope
 
 __all__ = ["LifespanFailure", "LifespanMode", "LifespanProtocol"]
@@ -183,6 +184,7 @@ class LifespanProtocol:
         try:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
+            explain_asyncio_failure(exc)
             self._error = exc
             if self._phase == _Phase.STARTED:
                 # Serving continues (requests do not need the lifespan task), but the

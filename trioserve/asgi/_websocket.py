@@ -34,12 +34,12 @@ from typing import Final
 
 import trio
 
-from .._errors import ClientDisconnected, split_failure
+from .._errors import ClientDisconnected
 from .._logging import error_logger
 from .._request import Request
 from .._response import Response
 from .._websocket import WebSocket, WebSocketClosed
-from ._http import ABANDON_GRACE, HTTPCycle
+from ._http import ABANDON_GRACE, HTTPCycle, abandon, call_app
 from ._types import (
     ASGIApp,
     ClientDisconnectedError,
@@ -199,9 +199,7 @@ class WebSocketCycle:
             self._ask.set()
         if self._denial is not None:
             self._denial.abort()
-        deadline = trio.current_time() + ABANDON_GRACE
-        if deadline < self.app_scope.deadline:
-            self.app_scope.deadline = deadline
+        abandon(self.app_scope)
 
     # --- The app task ----------------------------------------------------------------
 
@@ -209,18 +207,10 @@ class WebSocketCycle:
         """Run the application for this exchange (the app task). Never raises but
         for a ``KeyboardInterrupt`` or a cancellation from outside (rule 5)."""
         try:
-            with self.app_scope:
-                try:
-                    await app(self.scope, self.receive, self.send)
-                except BaseException as raised:
-                    failure, rest = split_failure(raised)
-                    if failure is not None:
-                        self._app_raised(failure)
-                    if rest is not None:
-                        raise rest from None
-                else:
-                    self._app_returned()
-            if self.app_scope.cancelled_caught and error_logger.isEnabledFor(logging.DEBUG):
+            connection = (self.scope, self.receive, self.send)
+            raised, returned = self._app_raised, self._app_returned
+            cancelled = await call_app(app, connection, self.app_scope, raised, returned)
+            if cancelled and error_logger.isEnabledFor(logging.DEBUG):
                 error_logger.debug(
                     "ASGI application for %r cancelled %.4g s after its WebSocket was lost",
                     self.request,
