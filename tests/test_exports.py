@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import trioserve
+import trioserve.static
 import trioserve.testing
 
 PUBLIC = {
@@ -72,6 +73,8 @@ TESTING_PUBLIC = {
     "trickle",
 }
 
+STATIC_PUBLIC = {"FileChanged", "StaticFiles"}
+
 
 def public_names(module: types.ModuleType) -> set[str]:
     """Names a user can reach, leaving out submodules (they are imported on demand)."""
@@ -91,7 +94,13 @@ def test_trioserve_testing_exports_exactly_the_intended_names() -> None:
     assert public_names(trioserve.testing) == TESTING_PUBLIC
 
 
-@pytest.mark.parametrize("module", [trioserve, trioserve.testing], ids=lambda m: m.__name__)
+def test_trioserve_static_exports_exactly_the_intended_names() -> None:
+    assert public_names(trioserve.static) == STATIC_PUBLIC
+
+
+@pytest.mark.parametrize(
+    "module", [trioserve, trioserve.testing, trioserve.static], ids=lambda m: m.__name__
+)
 def test_init_only_re_exports_explicitly(module: types.ModuleType) -> None:
     # STYLE 1: ``from ._x import y as y``, one name per line, so type checkers treat each
     # name as deliberately public, and nothing else happens in __init__.py.
@@ -110,7 +119,9 @@ def test_init_only_re_exports_explicitly(module: types.ModuleType) -> None:
     assert exported - {"__version__"} == public_names(module)
 
 
-@pytest.mark.parametrize("module", [trioserve, trioserve.testing], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [trioserve, trioserve.testing, trioserve.static], ids=lambda m: m.__name__
+)
 def test_public_names_are_defined_in_the_package_and_documented(
     module: types.ModuleType,
 ) -> None:

@@ -1,0 +1,6 @@
+"""Static files: ``StaticFiles``, a native handler serving one directory, and
+``python -m trioserve.static``, the ``python -m http.server`` replacement.
+See docs/static-files.md."""
+
+from ._files import FileChanged as FileChanged
+from ._files import StaticFiles as StaticFiles
