@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import functools
 import gzip
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,8 @@ from trioserve.static import StaticFiles
 from trioserve.static._files import READ_CHUNK, SMALL_FILE, FileBody
 from trioserve.static._http import MAX_RANGES, accepted_encodings, parse_ranges
 from trioserve.testing import open_client
+
+from .test_static_security import serving  # a StaticFiles on a real socket
 
 DIGITS = b"0123456789"
 BIG = bytes(range(256)) * (2 * READ_CHUNK // 256 + 3)  # several reads, not a multiple
@@ -467,18 +467,6 @@ async def test_shrinking_file_is_cut_over_a_socket(root: Path) -> None:
 
 
 # --- A real client over a real socket -----------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(handler: trioserve.Handler) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            functools.partial(trioserve.serve, handler, 0, host="127.0.0.1")
-        )
-        try:
-            yield server.ports[0]
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 async def test_httpx_validators_and_ranges(root: Path) -> None:
