@@ -21,6 +21,7 @@ import pytest
 import trio
 
 import trioserve
+import trioserve._guest
 import trioserve.asyncio
 from trioserve.asgi import ASGIHandler
 
@@ -321,3 +322,31 @@ async def _hello(request: trioserve.Request) -> trioserve.Response:
 async def test_run_asyncio_on_trio_says_what_it_needs() -> None:
     with pytest.raises(RuntimeError, match="--loop asyncio"):
         await trioserve.asyncio.run_asyncio(_loop_name)
+
+
+def test_run_asyncio_stops_waiting_for_a_task_that_ignores_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The trio caller is cancelled; the asyncio task swallows its first cancellation.
+    # run_asyncio waits CANCEL_GRACE for it, not forever (nor shielded for good).
+    monkeypatch.setattr(trioserve._guest, "CANCEL_GRACE", 0.3)
+    swallowed: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise  # the second one (asyncio.run's own cleanup) ends it
+                swallowed.append(1)
+
+    async def caller() -> float:
+        start = trio.current_time()
+        with trio.move_on_after(0.1):
+            await trioserve.asyncio.run_asyncio(stubborn)
+        return trio.current_time() - start
+
+    waited = asyncio.run(trioserve._guest.run_as_guest(caller))
+    assert swallowed == [1]
+    assert 0.3 <= waited < 5

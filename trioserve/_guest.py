@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Literal, ParamSpec, TypeVar
+from typing import Final, Literal, ParamSpec, TypeVar
 
 import outcome
 import trio
@@ -33,6 +33,10 @@ import trio
 __all__ = ["Loop", "TrioCalls", "host_loop", "run_as_guest", "run_asyncio", "run_on"]
 
 T = TypeVar("T")
+
+#: Seconds a cancelled asyncio task gets to end before run_asyncio() stops waiting
+#: for it (it runs on, abandoned): as long as ASGI gives an abandoned application.
+CANCEL_GRACE: Final = 5.0
 P = ParamSpec("P")
 
 #: The event loops the engine runs on: trio itself, or as a guest of asyncio's
@@ -153,7 +157,9 @@ async def run_asyncio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.
         await finished.wait()
     except BaseException:
         task.cancel()
-        with trio.CancelScope(shield=True):
+        # Wait for the task to end, but not forever: a task that swallows its
+        # CancelledError must not hold a trio task (and a shutdown) hostage.
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
             await finished.wait()
         raise
     if task.cancelled():
@@ -229,13 +235,16 @@ class TrioCalls:
         future: asyncio.Future[outcome.Outcome[T]],
         scope: trio.CancelScope,
     ) -> None:
-        result: outcome.Outcome[T]
-        with scope:
-            result = await outcome.acapture(fn)
-        if scope.cancelled_caught or (
-            isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled)
-        ):
-            # Cancelled by the asyncio caller, or with the host: asyncio's word for it.
-            result = outcome.Error(asyncio.CancelledError())
-        if not future.done():
-            future.set_result(result)
+        # Cancelled (by the asyncio caller through ``scope``, or with the host from
+        # outside): asyncio's word for it is what the caller gets.
+        result: outcome.Outcome[T] = outcome.Error(asyncio.CancelledError())
+        try:
+            with scope:
+                result = outcome.Value(await fn())
+        except trio.Cancelled:
+            raise  # from outside: it goes on up (the finally tells the caller)
+        except Exception as exc:
+            result = outcome.Error(exc)
+        finally:
+            if not future.done():
+                future.set_result(result)
