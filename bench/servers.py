@@ -4,6 +4,7 @@ wait until it answers, measure it, and stop it with everything it started."""
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -215,8 +216,9 @@ def server_spec(name: str) -> ServerSpec:
 
 
 @contextmanager
-def running(spec: ServerSpec) -> Iterator[RunningServer]:
-    """Start ``spec`` on SERVER_CPU in its own process group; stop it on exit."""
+def running(spec: ServerSpec, *, tls: bool = False) -> Iterator[RunningServer]:
+    """Start ``spec`` on SERVER_CPU in its own process group; stop it on exit.
+    ``tls``: it serves HTTPS (the readiness probe speaks TLS, trusting any cert)."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)])}
     with tempfile.TemporaryFile() as log:
@@ -230,7 +232,7 @@ def running(spec: ServerSpec) -> Iterator[RunningServer]:
             start_new_session=True,
         )
         try:
-            _wait_ready(process, port, log)
+            _wait_ready(process, port, log, tls=tls)
             yield RunningServer(spec, process.pid, port)
         finally:
             _stop(process)
@@ -243,25 +245,31 @@ def _free_port() -> int:
         return port
 
 
-def _wait_ready(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
+def _wait_ready(process: subprocess.Popen[bytes], port: int, log: IO[bytes], *, tls: bool) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerUnavailable(f"exited with {process.returncode}: {_tail(log)}")
-        if _answers(port):
+        if _answers(port, tls=tls):
             return
         time.sleep(0.1)
     waited = f"{READY_TIMEOUT_SECONDS:g}s"
     raise ServerUnavailable(f"no answer within {waited}: {_tail(log)}")
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, *, tls: bool = False) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=2) as client:
+        with socket.create_connection((HOST, port), timeout=2) as plain:
+            client = _UNVERIFIED.wrap_socket(plain) if tls else plain
             client.sendall(PROBE)
-            return client.recv(4096).startswith(b"HTTP/1.1 200")
+            return client.recv(4096).split(b" ", 2)[1:2] == [b"200"]  # HTTP/1.0 too (http.server)
     except OSError:
         return False
+
+
+_UNVERIFIED = ssl.create_default_context()
+_UNVERIFIED.check_hostname = False
+_UNVERIFIED.verify_mode = ssl.CERT_NONE
 
 
 def _tail(log: IO[bytes], limit: int = 400) -> str:

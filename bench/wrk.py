@@ -19,6 +19,7 @@ class WrkResult:
     p99_ms: float | None
     requests: int
     errors: int
+    bytes_per_second: float = 0.0  # wrk's "Transfer/sec": partial responses count too
 
 
 class WrkError(RuntimeError):
@@ -30,6 +31,7 @@ def run_wrk(
     connections: int,
     seconds: int,
     script: Path | None = None,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     """Run one wrk thread on LOAD_CPU against ``url`` and return its report."""
     command = [
@@ -38,6 +40,8 @@ def run_wrk(
     ]  # fmt: skip
     if script is not None:
         command += ["-s", str(script)]
+    for header in headers:
+        command += ["-H", header]
     command.append(url)
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS
@@ -60,6 +64,7 @@ def parse_wrk(output: str) -> WrkResult:
         p99_ms=_percentile_ms(output, "99%"),
         requests=int(total.group(1)),
         errors=_errors(output),
+        bytes_per_second=_transfer(output),
     )
 
 
@@ -68,6 +73,14 @@ def _percentile_ms(output: str, label: str) -> float | None:
     if match is None:
         return None
     return float(match.group(1)) * TIME_UNITS[match.group(2)]
+
+
+_SIZES = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def _transfer(output: str) -> float:
+    match = re.search(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)\s*$", output, re.MULTILINE)
+    return float(match.group(1)) * _SIZES[match.group(2)] if match else 0.0
 
 
 def _errors(output: str) -> int:

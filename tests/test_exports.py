@@ -22,6 +22,7 @@ PUBLIC = {
     "ClientDisconnected",
     "Config",
     "ContentTooLarge",
+    "FileChanged",
     "FormData",
     "HTTPError",
     "HTTPVersionNotSupported",
@@ -73,7 +74,7 @@ TESTING_PUBLIC = {
     "trickle",
 }
 
-STATIC_PUBLIC = {"FileChanged", "StaticFiles"}
+STATIC_PUBLIC = {"StaticFiles"}
 
 
 def public_names(module: types.ModuleType) -> set[str]:

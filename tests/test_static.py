@@ -19,8 +19,9 @@ import pytest
 import trio
 
 import trioserve
+from trioserve._filebody import READ_CHUNK, FileBody
 from trioserve.static import StaticFiles
-from trioserve.static._files import READ_CHUNK, SMALL_FILE, FileBody
+from trioserve.static._files import SMALL_FILE
 from trioserve.static._http import MAX_RANGES, accepted_encodings, parse_ranges
 from trioserve.testing import open_client
 
@@ -448,8 +449,10 @@ async def test_file_rewritten_in_place_is_cut(root: Path) -> None:
 
 
 async def test_shrinking_file_is_cut_over_a_socket(root: Path) -> None:
-    # A whole-file body from a real server: the connection ends short of the
-    # declared length, and what came is a prefix of the old file, never padded.
+    # A whole-file body from a real server, by sendfile: the connection ends short of
+    # the declared length. (What came before the cut may hold the new bytes: sendfile
+    # does not copy, and the socket buffer holds the page cache's pages. The
+    # in-memory test above checks the prefix of the read-in-a-thread path.)
     path = root / "big.bin"
     async with serving(StaticFiles(root)) as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -463,7 +466,6 @@ async def test_shrinking_file_is_cut_over_a_socket(root: Path) -> None:
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"content-length: %d" % len(BIG) in head
     assert len(body) < len(BIG)
-    assert BIG.startswith(body)
 
 
 # --- A real client over a real socket -----------------------------------------------------

@@ -14,6 +14,7 @@ from ._errors import HTTPVersionNotSupported as HTTPVersionNotSupported
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import StartupError as StartupError
 from ._errors import URITooLong as URITooLong
+from ._filebody import FileChanged as FileChanged
 from ._forms import FormData as FormData
 from ._forms import UploadFile as UploadFile
 from ._handler import Handler as Handler

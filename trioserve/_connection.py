@@ -41,12 +41,10 @@ Rules for this module:
    (HTTP/1.0) cut short reaches the client as an error, not as a clean end; so does
    the shutdown cut-off of a response in progress. Once the end of a response is on
    the wire, a failure to close its body is logged and the connection goes on.
-5. This module and its helpers ``_exchange`` (the body, the watcher, the response)
-   and ``_closing`` are the only code that reads or writes the stream, and only the
-   connection's own tasks do, never two at once in the same direction.
-   A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written
-   by the exchange's reader task or by this task's next write, whichever comes
-   first, never under a handler's cancel scope.
+5. Only this module, ``_exchange`` and ``_closing`` touch the stream (``sendfile``
+   through ``send``), from the connection's own tasks, never two in one direction.
+   A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written by
+   the exchange's reader task or this task's next write, never under a handler's scope.
 """
 
 from __future__ import annotations
@@ -62,6 +60,7 @@ from ._closing import close
 from ._config import Config
 from ._errors import ClientDisconnected, HTTPError
 from ._exchange import RECEIVE_SIZE, WRITE_CHUNK, Abort, Exchange
+from ._filebody import FileRange
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
@@ -79,6 +78,7 @@ __all__ = ["HTTPConnection"]
 
 _debug_enabled = error_logger.isEnabledFor
 _INF: Final = float("inf")
+_Task = Callable[[trio.CancelScope, trio.Event], Awaitable[None]]
 
 
 class Phase(enum.Enum):
@@ -352,11 +352,10 @@ class HTTPConnection:
         """Wait, idle, for the first bytes of a request. False: close quietly.
 
         The wait is registered with the tracker, which cancels the connection scope to
-        close this connection (graceful shutdown, or room needed at
-        ``max_connections``). A connection that never sent a byte by
-        ``header_timeout`` is closed quietly too (counted as a header timeout): nobody
-        may be there to read a 408, and a port scanner or a browser's speculative
-        preconnect deserves no answer.
+        close this connection (graceful shutdown, or room needed at ``max_connections``).
+        A connection silent until ``header_timeout`` is closed quietly too (counted as a
+        header timeout): nobody may be there to read a 408, and a port scanner or a
+        browser's speculative preconnect deserves no answer.
         """
         tracker = self._tracker
         scope = self.scope
@@ -485,12 +484,7 @@ class HTTPConnection:
         if self._current is not None:
             self._current.client_left()
 
-    def start_soon(
-        self,
-        task: Callable[[trio.CancelScope, trio.Event], Awaitable[None]],
-        scope: trio.CancelScope,
-        done: trio.Event,
-    ) -> None:
+    def start_soon(self, task: _Task, scope: trio.CancelScope, done: trio.Event) -> None:
         """Start a task of the connection's (a reader, the watcher, a WebSocket's)."""
         assert self._nursery is not None
         self._nursery.start_soon(task, scope, done)
@@ -534,11 +528,11 @@ class HTTPConnection:
 
     # --- Sending -------------------------------------------------------------------------
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | FileRange) -> None:
         """Write under the write deadline (the connection scope, in the _WRITE phase).
 
-        Large data goes in WRITE_CHUNK pieces, each with a fresh deadline. A broken
-        client aborts here; a stuck one makes the scope fire (see _scope_fired).
+        Large data goes in WRITE_CHUNK pieces, a file range by ``sendfile``, each with a
+        fresh deadline. A broken client aborts; a stuck one fires the scope (_scope_fired).
         """
         scope = self.scope
         timeout = self.config.write_timeout
@@ -547,8 +541,10 @@ class HTTPConnection:
         try:
             if self._owed or self._continue_sending is not None or self._write_failed:
                 scope.deadline = trio.current_time() + timeout
-                data = await self._after_continue(data)
-            if len(data) <= WRITE_CHUNK:
+                await self._after_continue()
+            if isinstance(data, FileRange):
+                await data.send(self.stream, scope, timeout)
+            elif len(data) <= WRITE_CHUNK:
                 scope.deadline = trio.current_time() + timeout
                 await self.stream.send_all(data)
             else:
@@ -568,14 +564,15 @@ class HTTPConnection:
             await trio.lowlevel.checkpoint()
         self._phase = phase
 
-    async def _after_continue(self, data: bytes) -> bytes:
-        """An owed ``100 Continue`` goes out before ``data``, whoever writes it."""
+    async def _after_continue(self) -> None:
+        """An owed ``100 Continue`` goes out before anything else, whoever writes it."""
         while self._continue_sending is not None:
             await self._continue_sending.wait()  # the reader task is writing it
         if self._write_failed:
             raise Abort
-        owed, self._owed = self._owed, b""
-        return owed + data
+        if owed := self._owed:
+            self._owed = b""
+            await self.stream.send_all(owed)
 
     def _write_timed_out(self) -> NoReturn:
         self.proto.send_failed()

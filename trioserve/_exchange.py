@@ -17,12 +17,12 @@ Rules for this module:
    request); any other task (an ASGI application, a handler's own child) gets its
    read done by a reader task in the connection's nursery, and waits for it. The
    watcher reads only once the body is complete, so never beside a body read.
-4. Reading is safe to cancel: an asker that is cancelled has taken nothing, and what
-   a read brings waits in h11's buffer for the next ask. (A cancelled
-   ``receive_some`` loses no byte on trio's sockets, TLS streams once the handshake
-   is done, and memory streams.)
-5. ``100 Continue`` is owed the moment a read needs the client's bytes, and written
-   by connection code that no handler's cancel scope covers (the reader task, or the
+4. Reading is safe to cancel: an asker that is cancelled has taken nothing, and what a
+   read brings waits in h11's buffer for the next ask. (A cancelled ``receive_some``
+   loses no byte on trio's sockets, TLS streams once the handshake is done, and
+   memory streams.)
+5. ``100 Continue`` is owed the moment a read needs the client's bytes, and written by
+   connection code that no handler's cancel scope covers (the reader task, or the
    connection's next write): a cancelled asker can never leave h11 believing it was
    sent when it was not, or a half-written one on the wire.
 6. When the exchange is over (the response is complete, or it failed), reads raise
@@ -47,14 +47,16 @@ from ._errors import (
     single_leaf,
     split_failure,
 )
+from ._filebody import FileBody, FileChanged, FileRange, FileSource, can_sendfile
 from ._handler import Handler
 from ._http11 import BODY_END, BODY_INCOMPLETE
 from ._logging import error_logger
+from ._response import Response
+from .static._files import respond_file
 
 if TYPE_CHECKING:
     from ._connection import HTTPConnection
     from ._request import Request
-    from ._response import Response
     from ._upgrade import HeaderPairs, Upgrade
     from ._websocket import WebSocket
 
@@ -140,9 +142,13 @@ class Exchange:
         try:
             awaitable = handler(request)
             if type(awaitable) is types.CoroutineType or isinstance(awaitable, Coroutine):
-                return await _run_inline(awaitable, self._on_handler_suspend)
-            self._on_handler_suspend()
-            return await awaitable
+                result = await _run_inline(awaitable, self._on_handler_suspend)
+            else:
+                self._on_handler_suspend()
+                result = await awaitable
+            if isinstance(result, Response) and type(result.body) is FileSource:
+                return await respond_file(request, result)  # Response.file needs the request
+            return result
         finally:
             self._in_handler = False
             self._watch_wanted = False
@@ -203,14 +209,16 @@ class Exchange:
             if error_logger.isEnabledFor(logging.DEBUG):
                 error_logger.debug("%r refused mid-response (%s); aborting", self.request, exc)
             return None
+        if isinstance(exc, FileChanged):  # rewritten in place as it went: not a bug
+            error_logger.warning("%s", exc)
+            return None
         self._connection.counters.handler_errors += 1
         if not response_started:
             error_logger.error(
                 "handler %r failed serving %r: %s", self._handler, self.request, exc, exc_info=exc
             )
             return 500
-        # A ResponseFramingError: the body ran long or ended short of its declared
-        # Content-Length. Anything else: the body's own failure.
+        # A ResponseFramingError (a body not of its Content-Length), or the body's own.
         error_logger.error(
             "response body of %r failed after the response started; aborting the connection",
             self.request,
@@ -304,9 +312,8 @@ class Exchange:
     async def receive_body_chunk(self) -> bytes:
         """The next piece of the request body; ``b""`` at its end (RequestSource).
 
-        Cancellation-safe (rule 4). Raises the body's ``HTTPError`` (408, 413, 400)
-        or ``ClientDisconnected``, again on every later call, and
-        :class:`BodyUnavailable` once the exchange is over.
+        Cancellation-safe (rule 4). Raises the body's ``HTTPError`` (408, 413, 400) or
+        ``ClientDisconnected``, again on every later call; ``BodyUnavailable`` once over.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
@@ -505,8 +512,11 @@ class Exchange:
         scope = connection.scope
         scope.deadline = _INF
         sent = 0
-        async for chunk in body:
-            if not isinstance(chunk, bytes):
+        chunks: AsyncIterable[bytes | FileRange] = body
+        if type(body) is FileBody and can_sendfile(connection.stream):
+            chunks = body.pieces()
+        async for chunk in chunks:
+            if not isinstance(chunk, (bytes, FileRange)):
                 raise TypeError(f"a streamed body must yield bytes, not {type(chunk).__name__}")
             if chunk:
                 sent += len(chunk)
@@ -523,7 +533,9 @@ class Exchange:
         # already fired stays fired (cancel_called is sticky).
         self._connection.scope.deadline = _INF
         try:
-            await _aclose_iterable(body)
+            aclose: Callable[[], Awaitable[object]] | None = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
         except BaseException as raised:
             failure, rest = split_failure(raised)
             if failure is not None:
@@ -554,12 +566,6 @@ class Exchange:
         done = self._read_done
         if done is not None:
             await done.wait()
-
-
-async def _aclose_iterable(body: AsyncIterable[bytes]) -> None:
-    aclose: Callable[[], Awaitable[object]] | None = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 @types.coroutine

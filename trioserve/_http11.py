@@ -1,8 +1,8 @@
 """The HTTP/1.1 protocol engine: h11 plus the strict checks h11 leaves to us.
 
 Rules for this module:
-1. It is the only server module that imports h11, and it never awaits: bytes go in,
-   request heads and body pieces come out; responses go in, bytes come out.
+1. The only server module that imports h11; it never awaits. Bytes go in, request
+   heads and body pieces come out; responses go in, bytes (or sendfile ranges) out.
 2. Where RFC 9112 allows a lenient and a strict reading, it takes the strict one that
    leaves no room for request smuggling or desync, even where h11 is lenient
    (docs/framing.md lists the rules). h11 merges repeated Content-Length fields and
@@ -21,19 +21,13 @@ Rules for this module:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Final, Literal
+from collections.abc import Sequence, Sized
+from typing import Final, Literal, TypeVar
 
 import h11
 
 from ._config import Config
-from ._errors import (
-    BadRequest,
-    ContentTooLarge,
-    HeaderFieldsTooLarge,
-    HTTPError,
-    URITooLong,
-)
+from ._errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, HTTPError, URITooLong
 from ._response import date_header, reason_phrase
 from ._strict import (
     ChunkedFraming,
@@ -79,6 +73,7 @@ _INFORMATIONAL_100: Final = h11.InformationalResponse(
 )
 _END_OF_MESSAGE: Final = h11.EndOfMessage()
 _MIGHT_SWITCH: Final = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]  # not in __all__
+_Piece = TypeVar("_Piece", bound=Sized)  # a body piece h11 passes through, len() counted
 
 
 class RequestHead:
@@ -483,14 +478,15 @@ class HTTP11Protocol:
             head = _http10_keep_alive_head(head)
         return head, body_allowed
 
-    def send_data(self, data: bytes) -> list[bytes]:
-        """Frame a piece of response body.
+    def send_data(self, data: _Piece) -> list[bytes | _Piece]:
+        """Frame a piece of response body (bytes, or a placeholder for ``sendfile``).
 
         Raises:
             ResponseFramingError: the body runs past its ``content-length``.
         """
+        event = h11.Data(data=data)  # type: ignore[arg-type]  # h11 frames any len()-able
         try:
-            return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
+            return self._conn.send_with_data_passthrough(event) or []  # type: ignore[return-value]
         except h11.LocalProtocolError as exc:
             raise ResponseFramingError(str(exc)) from exc
 

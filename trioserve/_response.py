@@ -4,13 +4,14 @@ Rules for this module:
 1. A Response is a value: status, header pairs and a body. It does no I/O and knows
    nothing of framing; the connection chooses Content-Length, chunked or
    close-delimited framing from it (RFC 9112 6).
-2. This module imports nothing from the rest of trioserve but ``_cookies`` (a leaf
-   that writes ``Set-Cookie`` values).
+2. This module imports nothing from the rest of trioserve but two leaves: ``_cookies``
+   (which writes ``Set-Cookie`` values) and ``_filebody`` (``Response.file``'s body).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterable, Iterable
@@ -21,6 +22,7 @@ from typing import Final
 from urllib.parse import quote
 
 from ._cookies import SameSite, format_set_cookie
+from ._filebody import FileSource
 
 __all__ = ["BodyAfterFirst", "Response"]
 
@@ -135,6 +137,48 @@ class Response:
             )
         location = quote(url, safe=_URL_SAFE)
         return cls(status, headers=[(b"location", location), *headers])
+
+    @classmethod
+    def file(
+        cls,
+        path: str | os.PathLike[str],
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+        *,
+        media_type: str | None = None,
+        filename: str | None = None,
+    ) -> Response:
+        """The file at ``path``, sent as ``trioserve.static`` sends one: ``ETag`` and
+        ``Last-Modified``, 304 and 412 for conditional GET and HEAD, ``Range`` (206,
+        416), ``sendfile`` on plain TCP; 404 if it is missing when the response goes.
+        The server opens the file when it has the request, in a worker thread.
+
+        Args:
+            headers: more header pairs, sent with every answer (304 included).
+            media_type: the ``Content-Type`` (default: guessed from the name, with
+                ``charset=utf-8`` for text); a ``content-type`` in ``headers`` is the same.
+            filename: send as a download: ``Content-Disposition: attachment`` with
+                this name (RFC 6266; non-ASCII names go in ``filename*``).
+
+        Raises:
+            ValueError: ``headers`` holds a field the file sender writes itself
+                (``content-length``, ``etag``...), or a second content type, or
+                ``filename`` holds a control character.
+        """
+        pairs = [_header_pair(name, value) for name, value in headers]
+        kept: list[tuple[str | bytes, str | bytes]] = []
+        for name, value in pairs:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                if media_type is not None:
+                    raise ValueError("give the content type once: media_type or a header")
+                media_type = value.decode("latin-1")
+            elif lowered in _FILE_SENDER_FIELDS:
+                raise ValueError(f"{name.decode('latin-1')!r} is written by the file sender")
+            else:
+                kept.append((name, value))
+        if filename is not None:
+            kept.append((b"content-disposition", _attachment(filename)))
+        return cls(200, headers=kept, body=FileSource(os.fspath(path), media_type))
 
     def set_cookie(
         self,
@@ -289,6 +333,32 @@ def _typed(
         if _header_bytes(name).lower() == b"content-type":
             return pairs
     return [(b"content-type", content_type), *pairs]
+
+
+#: What ``Response.file`` writes itself (framing, validators, ranges, encoding).
+_FILE_SENDER_FIELDS: Final = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"content-range",
+        b"accept-ranges",
+        b"content-encoding",
+        b"etag",
+        b"last-modified",
+    )
+)
+
+
+def _attachment(filename: str) -> str:
+    """``Content-Disposition`` for a download named ``filename`` (RFC 6266 4.1, with
+    RFC 8187's ``filename*`` when it is not plain ASCII)."""
+    if not filename or _CONTROL_RE.search(filename) is not None:
+        raise ValueError(f"a file name must be non-empty without control characters: {filename!r}")
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += "; filename*=UTF-8''" + quote(filename, safe="")
+    return value
 
 
 def _rebuild(

@@ -2,5 +2,4 @@
 ``python -m trioserve.static``, the ``python -m http.server`` replacement.
 See docs/static-files.md."""
 
-from ._files import FileChanged as FileChanged
 from ._files import StaticFiles as StaticFiles

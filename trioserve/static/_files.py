@@ -7,12 +7,11 @@ Rules for this module:
 2. A file is opened once, and its size, modification time and bytes all come from
    that one descriptor (``fstat``, ``pread``): a file replaced by rename while being
    sent still sends the old bytes, whole.
-3. The body never lies about the file: each chunk read is checked against the length
-   asked and the ``fstat`` taken when the response began. A file that shrinks or
-   changes mid-send raises :class:`FileChanged` from the body; the server then aborts
-   the connection (the response has started, and its ``Content-Length`` was
-   promised), so the client sees a truncated transfer, never padding or a mix of two
-   versions.
+3. The body never lies about the file: a large file goes out as a ``FileBody``
+   (``trioserve._filebody``), which checks every piece against the ``fstat`` taken
+   when the response began and raises :class:`FileChanged` if the file shrank or
+   changed; the server then cuts the connection, so the client sees a truncated
+   transfer, never padding or a mix of two versions.
 4. Path rules are ``_paths``'s, HTTP rules ``_http``'s; this module only wires them.
 """
 
@@ -30,6 +29,7 @@ from urllib.parse import quote, unquote
 
 import trio
 
+from .._filebody import FileBody, FileSource, Part
 from .._request import Request
 from .._response import Response
 from ._http import (
@@ -44,21 +44,13 @@ from ._http import (
 from ._listing import listing_page
 from ._paths import inside, split_path
 
-__all__ = ["FileChanged", "StaticFiles"]
+__all__ = ["StaticFiles", "respond_file"]
 
-#: Bytes read per worker-thread call while sending (the engine's write piece size,
-#: so one read feeds one write deadline).
-READ_CHUNK: Final = 256 * 1024
 #: Files up to this size are read whole when looked up (one thread call, a bytes
 #: body); larger ones are streamed.
 SMALL_FILE: Final = 64 * 1024
 
 _SIBLINGS: Final = (("br", ".br"), ("gzip", ".gz"))
-Part = bytes | tuple[int, int]  # literal bytes, or (offset, length) in the file
-
-
-class FileChanged(Exception):
-    """The file changed or shrank while it was being sent (rule 3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +194,13 @@ class StaticFiles:
             return None
         if trailing or not stat.S_ISREG(st.st_mode):
             return None
-        return self._open(segments, segments[-1], encodings)
+        return self._open(segments, segments[-1], encodings, real)
 
-    def _open(self, segments: list[str], name: str, encodings: list[str]) -> _File | None:
+    def _open(
+        self, segments: list[str], name: str, encodings: list[str], real: str | None = None
+    ) -> _File | None:
+        """Open ``segments`` (or a sibling the client prefers); ``real``: its real path,
+        when the caller resolved it already."""
         media_type = content_type(name)
         found: dict[str, str] = {}
         for coding, suffix in _SIBLINGS:
@@ -220,9 +216,10 @@ class StaticFiles:
                 opened = _open_regular(found[coding], media_type, coding)
                 if opened is not None:
                     return opened
-        real = inside(self.root, segments, follow_symlinks=self.follow_symlinks)
         if real is None:
-            return None
+            real = inside(self.root, segments, follow_symlinks=self.follow_symlinks)
+            if real is None:
+                return None
         opened = _open_regular(real, media_type, None)
         if opened is not None and siblings:
             opened = _with_siblings(opened)
@@ -266,12 +263,16 @@ def _open_regular(real: str, media_type: str, encoding: str | None) -> _File | N
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except (OSError, ValueError):
         return None
-    file = io.FileIO(fd, "rb", closefd=True)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            file.close()
+        if not stat.S_ISREG(st.st_mode):  # FileIO would refuse a directory
+            os.close(fd)
             return None
+        file = io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         small = None
         if st.st_size <= SMALL_FILE:
             small = os.pread(fd, st.st_size, 0) if st.st_size else b""
@@ -300,10 +301,37 @@ def _with_siblings(found: _File) -> _File:
 # --- The response ---------------------------------------------------------------------------
 
 
-def _file_response(request: Request, found: _File) -> Response:
+async def respond_file(request: Request, response: Response) -> Response:
+    """``response`` (from ``Response.file``) for ``request``: the file with validators
+    and ranges, as :class:`StaticFiles` sends it, and ``response``'s own headers; 404
+    if it is missing or not a regular file. Preconditions and ranges apply to GET and
+    HEAD only: for another method the file is the answer, not the target resource.
+    """
+    source = response.body
+    assert isinstance(source, FileSource)
+    path = source.path
+    media_type = source.media_type or content_type(os.path.basename(path))
+    found = await trio.to_thread.run_sync(_open_regular, path, media_type, None)
+    if found is None:
+        return _not_found()
+    try:
+        return _file_response(request, found, response.headers)
+    except BaseException:
+        found.file.close()
+        raise
+
+
+def _body(found: _File, parts: Sequence[Part]) -> FileBody:
+    return FileBody(found.file, found.path, found.size, found.mtime_ns, parts)
+
+
+def _file_response(
+    request: Request, found: _File, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> Response:
     suffix = f"-{found.encoding}" if found.encoding else ""
     etag = etag_for(found.size, found.mtime_ns, suffix)
-    headers: list[tuple[str, str]] = [
+    headers: list[tuple[str | bytes, str | bytes]] = [
+        *extra,
         ("etag", etag),
         ("last-modified", http_date(found.mtime)),
     ]
@@ -311,13 +339,16 @@ def _file_response(request: Request, found: _File) -> Response:
         headers.append(("vary", "accept-encoding"))
     get = request.headers.get
     # RFC 9110 13.2.2: If-Match first (412), then If-None-Match / If-Modified-Since.
-    if_match = _joined(request, "if-match")
+    conditional = request.method in ("GET", "HEAD")
+    if_match = _joined(request, "if-match") if conditional else None
     if if_match is not None and not any(
         tag == "*" or tag == etag for tag in (t.strip() for t in if_match.split(","))
     ):
         found.file.close()
         return Response(412, headers=[*headers, *_TEXT], body="Precondition Failed\n")
-    if none_match(_joined(request, "if-none-match"), get("if-modified-since"), etag, found.mtime):
+    if conditional and none_match(
+        _joined(request, "if-none-match"), get("if-modified-since"), etag, found.mtime
+    ):
         found.file.close()
         return Response(304, headers=headers)
     headers.append(("accept-ranges", "bytes"))
@@ -348,11 +379,11 @@ def _file_response(request: Request, found: _File) -> Response:
         found.file.close()
         return Response(200, headers=headers, body=found.small)
     headers.append(("content-length", str(size)))
-    return Response(200, headers=headers, body=FileBody(found, [(0, size)]))
+    return Response(200, headers=headers, body=_body(found, [(0, size)]))
 
 
 def _partial(
-    found: _File, headers: list[tuple[str, str]], ranges: list[tuple[int, int]]
+    found: _File, headers: list[tuple[str | bytes, str | bytes]], ranges: list[tuple[int, int]]
 ) -> Response:
     size = found.size
     if len(ranges) == 1:
@@ -363,7 +394,7 @@ def _partial(
             ("content-range", f"bytes {first}-{last}/{size}"),
             ("content-length", str(length)),
         ]
-        return Response(206, headers=headers, body=FileBody(found, [(first, length)]))
+        return Response(206, headers=headers, body=_body(found, [(first, length)]))
     # RFC 9110 14.6: multipart/byteranges, each part with its Content-Type and
     # Content-Range; the boundary is random so no file content can forge one.
     boundary = secrets.token_hex(16)
@@ -383,53 +414,4 @@ def _partial(
         ("content-type", f"multipart/byteranges; boundary={boundary}"),
         ("content-length", str(length)),
     ]
-    return Response(206, headers=headers, body=FileBody(found, parts))
-
-
-class FileBody:
-    """A streamed body: literal pieces and ranges of one open file, read in a worker
-    thread ``READ_CHUNK`` at a time; it owns the file and closes it in ``aclose``
-    (the server calls it however the response ends). Rule 3 applies to every read.
-    """
-
-    __slots__ = ("_file", "_mtime_ns", "_parts", "_path", "_size")
-
-    def __init__(self, found: _File, parts: Sequence[Part]) -> None:
-        self._file = found.file
-        self._path = found.path
-        self._size = found.size
-        self._mtime_ns = found.mtime_ns
-        self._parts = list(reversed(parts))
-
-    def __aiter__(self) -> FileBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._parts:
-            raise StopAsyncIteration
-        part = self._parts.pop()
-        if isinstance(part, bytes):
-            await trio.lowlevel.checkpoint()
-            return part
-        offset, length = part
-        count = min(length, READ_CHUNK)
-        if length > count:
-            self._parts.append((offset + count, length - count))
-        return await trio.to_thread.run_sync(self._read, offset, count)
-
-    def _read(self, offset: int, count: int) -> bytes:
-        fd = self._file.fileno()
-        data = os.pread(fd, count, offset)
-        st = os.fstat(fd)
-        if len(data) != count or st.st_size != self._size or st.st_mtime_ns != self._mtime_ns:
-            raise FileChanged(
-                f"{self._path!r} changed while being sent "
-                f"(size {self._size} -> {st.st_size}); the connection is cut"
-            )
-        return data
-
-    async def aclose(self) -> None:
-        """Close the file."""
-        self._parts.clear()
-        self._file.close()
-        await trio.lowlevel.checkpoint()
+    return Response(206, headers=headers, body=_body(found, parts))
