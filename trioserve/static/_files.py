@@ -207,9 +207,9 @@ class StaticFiles:
             sibling = [*segments[:-1], segments[-1] + suffix]
             if not os.path.isfile(os.path.join(self.root, *sibling)):
                 continue  # the common case, with one stat instead of a realpath
-            real = inside(self.root, sibling, follow_symlinks=self.follow_symlinks)
-            if real is not None and os.path.isfile(real):
-                found[coding] = real
+            resolved = inside(self.root, sibling, follow_symlinks=self.follow_symlinks)
+            if resolved is not None and os.path.isfile(resolved):
+                found[coding] = resolved
         siblings = bool(found)
         for coding in encodings:  # the client's preference first
             if coding in found:
