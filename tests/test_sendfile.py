@@ -8,10 +8,13 @@ handler: validators, ranges, 404 when the file is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
 import os
 import ssl
+import threading
 from pathlib import Path
 
 import httpx
@@ -21,6 +24,7 @@ import trio.testing
 import trustme
 
 import trioserve
+from trioserve import _filebody
 from trioserve._filebody import READ_CHUNK, FileSource
 from trioserve.static import StaticFiles
 from trioserve.testing import open_client, parse_responses, receive_all
@@ -217,10 +221,11 @@ async def test_response_file_for_a_post_ignores_preconditions(root: Path) -> Non
 
 
 async def test_response_file_missing_is_404(tmp_path: Path) -> None:
-    async with open_client(_file_handler(tmp_path / "gone.txt")) as client:
+    gone = _file_handler(tmp_path / "gone.txt", headers=[("access-control-allow-origin", "*")])
+    async with open_client(gone) as client:
         missing = await client.get("/")
-        directory = await client.get("/", headers=[])
     assert missing.status == 404
+    assert missing.headers["access-control-allow-origin"] == "*"
     async with open_client(_file_handler(tmp_path)) as client:
         directory = await client.get("/")
     assert directory.status == 404
@@ -257,6 +262,8 @@ async def test_response_file_media_type_and_download_name(root: Path) -> None:
         ),
         ({"filename": 'a"\r\nx-injected: 1'}, "control characters"),
         ({"filename": ""}, "non-empty"),
+        ({"filename": "a.txt", "headers": [("Content-Disposition", "inline")]}, "name once"),
+        ({"media_type": "text/plain\r\nx-injected: 1"}, "invalid value"),
     ],
 )
 def test_response_file_refuses(kwargs: dict[str, object], message: str) -> None:
@@ -268,6 +275,10 @@ async def test_response_file_body_iterated_by_anyone_is_the_whole_file(root: Pat
     body = trioserve.Response.file(root / "big.bin").body
     assert isinstance(body, FileSource)
     assert b"".join([chunk async for chunk in body]) == BIG
+    os.mkfifo(root / "fifo")
+    with pytest.raises(FileNotFoundError, match="not a regular file"):
+        async for _ in trioserve.Response.file(root / "fifo").body:  # never hangs
+            pass
 
 
 async def test_response_file_over_tcp_uses_sendfile(root: Path, sendfile_calls: list[int]) -> None:
@@ -275,3 +286,71 @@ async def test_response_file_over_tcp_uses_sendfile(root: Path, sendfile_calls: 
         whole = await client.get(f"http://127.0.0.1:{port}/")
     assert whole.content == BIG
     assert sum(sendfile_calls) == len(BIG) - 1
+
+
+async def test_a_trickling_reader_is_cut_off_at_write_timeout_per_piece(
+    root: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Progress does not extend the deadline byte by byte: each 256 KiB piece must go
+    # within write_timeout, as for bytes bodies.
+    (root / "huge.bin").write_bytes(BIG * 8)
+    server = trioserve.Server(StaticFiles(root), config=trioserve.Config(write_timeout=2))
+    ours, theirs = trio.socket.socketpair()
+    received = 0
+    async with trio.open_nursery() as nursery, trio.SocketStream(theirs) as client:
+        nursery.start_soon(server.serve_connection, trio.SocketStream(ours))
+        await client.send_all(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await client.receive_some(4096):  # 8 KiB/s
+                received += len(chunk)
+                await trio.sleep(0.5)
+    assert server.statistics().write_timeouts == 1
+    assert received < len(BIG) * 8
+
+
+@pytest.mark.parametrize(
+    ("error", "counter"),
+    [(errno.EIO, "handler_errors"), (errno.EPIPE, "client_disconnects")],
+)
+async def test_sendfile_errors_are_sorted(
+    root: Path, monkeypatch: pytest.MonkeyPatch, error: int, counter: str
+) -> None:
+    def failing(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "sendfile", failing)
+    server = trioserve.Server(StaticFiles(root))
+    ours, theirs = trio.socket.socketpair()
+    async with trio.open_nursery() as nursery, trio.SocketStream(theirs) as client:
+        nursery.start_soon(server.serve_connection, trio.SocketStream(ours))
+        await client.send_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await receive_all(client)
+    assert answer.startswith(b"HTTP/1.1 200 ")  # the head went; the body was cut
+    stats = server.statistics()
+    assert getattr(stats, counter) == 1
+    assert stats.connections_aborted == 1
+
+
+async def test_pages_not_in_the_page_cache_are_read_in_a_thread_first(
+    root: Path, monkeypatch: pytest.MonkeyPatch, sendfile_calls: list[int]
+) -> None:
+    read_ahead: list[int] = []
+    real = _filebody._read_ahead
+
+    def recording(fd: int, offset: int, count: int) -> None:
+        assert threading.current_thread() is not threading.main_thread()
+        read_ahead.append(count)
+        real(fd, offset, count)
+
+    monkeypatch.setattr(_filebody, "_cached", lambda fd, start, end: False)
+    monkeypatch.setattr(_filebody, "_read_ahead", recording)
+    async with serving(StaticFiles(root)) as port, httpx.AsyncClient() as client:
+        whole = await client.get(f"http://127.0.0.1:{port}/big.bin")
+    assert whole.content == BIG
+    assert sum(read_ahead) == sum(sendfile_calls) == len(BIG) - 1
+
+
+def test_page_cache_probe_sees_a_file_just_written(root: Path) -> None:
+    with open(root / "big.bin", "rb") as file:
+        cached = _filebody._cached(file.fileno(), 0, len(BIG))
+    assert cached is (_filebody._RWF_NOWAIT is not None)

@@ -6,34 +6,47 @@ Rules for this module:
    the ``fstat`` taken when the response began. A file that shrinks or changes while
    it is sent raises :class:`FileChanged`; the server then aborts the connection (the
    ``Content-Length`` was promised), so the client sees a truncated transfer, never
-   padding, and never a complete response that mixes two versions.
+   padding (and on the iterated path never a mix of two versions; see rule 2).
 2. Two ways out, the same bytes. Iterated (``async for``), a ``FileBody`` reads in a
    worker thread (over TLS, in memory, for anyone who iterates it). On a plain TCP
    socket the server asks for :meth:`FileBody.pieces` instead: literal bytes and
    :class:`FileRange` placeholders that ``os.sendfile`` writes straight from the page
    cache. ``sendfile`` cannot check a piece before it leaves, so the last byte of
-   every range is read and checked (rule 1) before it goes: whatever changed
-   meanwhile, the client never receives a complete response that mixes two versions.
-3. Blocking file-system calls run in a worker thread; ``sendfile`` on a non-blocking
-   socket does not block (it writes what the socket buffer takes).
+   every range is read and checked (rule 1) before it goes: a change made before
+   then cuts the connection. It does not copy either: bytes still queued in the
+   socket when the file is rewritten in place go out as the new bytes. Only files
+   replaced by ``rename`` (the open file keeps the old ones) are safe on this path.
+3. Blocking file-system calls run in a worker thread. ``sendfile`` runs in the event
+   loop (on a non-blocking socket it writes what the socket buffer takes) only for
+   pages already in the page cache: others are read into it by a worker thread first.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import trio
 
-__all__ = ["FileBody", "FileChanged", "FileRange", "FileSource", "Part", "can_sendfile"]
+__all__ = [
+    "FileBody",
+    "FileChanged",
+    "FileRange",
+    "FileSource",
+    "Part",
+    "can_sendfile",
+    "open_regular",
+]
 
 #: Bytes read per worker-thread call when a file body is iterated (the engine's write
 #: piece size, so one read feeds one write deadline).
 READ_CHUNK: Final = 256 * 1024
-#: Bytes asked of one ``sendfile`` call (it writes what the socket buffer takes).
-SENDFILE_CHUNK: Final = 1024 * 1024
+#: Bytes sent by ``sendfile`` under one write deadline (as ``WRITE_CHUNK`` for bytes).
+SENDFILE_CHUNK: Final = READ_CHUNK
 
 Part = bytes | tuple[int, int]  # literal bytes, or (offset, length) in the file
 
@@ -159,34 +172,67 @@ class FileRange:
     async def send(
         self, stream: trio.abc.Stream, scope: trio.CancelScope, write_timeout: float
     ) -> None:
-        """Write the range to ``stream``'s socket, moving ``scope``'s deadline to
-        ``write_timeout`` from now before each wait (the write deadline counts from the last
-        progress, as for any write).
+        """Write the range to ``stream``'s socket, ``SENDFILE_CHUNK`` at a time, each
+        piece under a fresh write deadline (``write_timeout`` per piece, as ``send``
+        gives each ``WRITE_CHUNK`` of bytes: a client that reads a trickle is still cut
+        off). Pages not in the page cache are read into it by a worker thread first,
+        so a slow disk never blocks the event loop in ``sendfile`` (rule 3).
 
         Raises:
             trio.BrokenResourceError: the client went away.
             FileChanged: the file ended early.
+            OSError: reading the file failed (a disk error): the body's failure.
         """
         assert type(stream) is trio.SocketStream  # the server asks only if can_sendfile
         sock = stream.socket
         out = sock.fileno()
-        source = self._body._file.fileno()
-        offset, remaining = self.offset, self.count
-        while remaining:
+        body = self._body
+        source = body._file.fileno()
+        offset, end = self.offset, self.offset + self.count
+        while offset < end:
             scope.deadline = trio.current_time() + write_timeout
-            try:
-                sent = os.sendfile(out, source, offset, min(remaining, SENDFILE_CHUNK))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            except OSError as exc:  # EPIPE, ECONNRESET: as send_all would raise it
-                raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc
-            if sent == 0:  # at the end of the file already: it shrank
-                self._body.check()
-                raise FileChanged(f"{self._body._path!r} ended early while being sent")
-            offset += sent
-            remaining -= sent
+            piece_end = min(end, offset + SENDFILE_CHUNK)
+            if not _cached(source, offset, piece_end):
+                await trio.to_thread.run_sync(_read_ahead, source, offset, piece_end - offset)
+            while offset < piece_end:
+                try:
+                    sent = os.sendfile(out, source, offset, piece_end - offset)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    if exc.errno in _PEER_GONE:
+                        raise trio.BrokenResourceError(f"sendfile: {exc}") from exc
+                    raise
+                if sent == 0:  # at the end of the file already: it shrank
+                    body.check()
+                    raise FileChanged(f"{body._path!r} ended early while being sent")
+                offset += sent
             await trio.lowlevel.checkpoint()  # a fast client must not hog the loop
+
+
+#: What ``sendfile`` raises when the client is gone (as ``send_all`` would see it).
+_PEER_GONE: Final = frozenset(
+    (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED)
+)
+_RWF_NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+
+
+def _cached(fd: int, start: int, end: int) -> bool:
+    """Whether the first and last bytes of ``[start, end)`` are in the page cache (a
+    read with ``RWF_NOWAIT`` that does not block; Linux). Elsewhere: assume not."""
+    if _RWF_NOWAIT is None:
+        return False
+    probe = bytearray(1)
+    try:
+        return all(os.preadv(fd, [probe], at, _RWF_NOWAIT) for at in {start, end - 1})
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
+        return False
+
+
+def _read_ahead(fd: int, offset: int, count: int) -> None:
+    """Bring ``count`` bytes from ``offset`` into the page cache (in a worker thread)."""
+    os.pread(fd, count, offset)
 
 
 class _Pieces:
@@ -200,6 +246,26 @@ class _Pieces:
 
     async def __anext__(self) -> bytes | FileRange:
         return await self._body._next_piece()
+
+
+def open_regular(path: str) -> tuple[io.FileIO, os.stat_result] | None:
+    """Open ``path`` for reading if it is a regular file (None if it is missing, not
+    readable, or anything else). Non-blocking, so a FIFO cannot hang the thread.
+    Blocking: call it in a worker thread."""
+    try:
+        # O_NONBLOCK: a FIFO must not hang the thread on open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # FileIO would refuse a directory
+            os.close(fd)
+            return None
+        return io.FileIO(fd, "rb", closefd=True), st
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class FileSource:
@@ -218,8 +284,10 @@ class FileSource:
         return self._whole()
 
     async def _whole(self) -> AsyncIterator[bytes]:
-        file = await trio.to_thread.run_sync(io.FileIO, self.path, "rb")
-        st = os.fstat(file.fileno())
+        opened = await trio.to_thread.run_sync(open_regular, self.path)
+        if opened is None:
+            raise FileNotFoundError(f"not a regular file: {self.path!r}")
+        file, st = opened
         body = FileBody(file, self.path, st.st_size, st.st_mtime_ns, [(0, st.st_size)])
         try:
             async for chunk in body:

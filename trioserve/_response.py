@@ -174,10 +174,14 @@ class Response:
                 media_type = value.decode("latin-1")
             elif lowered in _FILE_SENDER_FIELDS:
                 raise ValueError(f"{name.decode('latin-1')!r} is written by the file sender")
+            elif lowered == b"content-disposition" and filename is not None:
+                raise ValueError("give the download name once: filename or a header")
             else:
                 kept.append((name, value))
         if filename is not None:
             kept.append((b"content-disposition", _attachment(filename)))
+        if media_type is not None:
+            media_type = _header_pair(b"content-type", media_type)[1].decode("latin-1")
         return cls(200, headers=kept, body=FileSource(os.fspath(path), media_type))
 
     def set_cookie(
@@ -354,7 +358,7 @@ def _attachment(filename: str) -> str:
     RFC 8187's ``filename*`` when it is not plain ASCII)."""
     if not filename or _CONTROL_RE.search(filename) is not None:
         raise ValueError(f"a file name must be non-empty without control characters: {filename!r}")
-    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
     value = f'attachment; filename="{fallback}"'
     if fallback != filename:
         value += "; filename*=UTF-8''" + quote(filename, safe="")

@@ -29,7 +29,7 @@ from urllib.parse import quote, unquote
 
 import trio
 
-from .._filebody import FileBody, FileSource, Part
+from .._filebody import FileBody, FileSource, Part, open_regular
 from .._request import Request
 from .._response import Response
 from ._http import (
@@ -258,20 +258,11 @@ def _redirect(request: Request) -> Response:
 
 
 def _open_regular(real: str, media_type: str, encoding: str | None) -> _File | None:
-    try:
-        # O_NONBLOCK: a FIFO put in the root must not hang the thread on open.
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except (OSError, ValueError):
+    opened = open_regular(real)
+    if opened is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # FileIO would refuse a directory
-            os.close(fd)
-            return None
-        file = io.FileIO(fd, "rb", closefd=True)
-    except BaseException:
-        os.close(fd)
-        raise
+    file, st = opened
+    fd = file.fileno()
     try:
         small = None
         if st.st_size <= SMALL_FILE:
@@ -313,7 +304,7 @@ async def respond_file(request: Request, response: Response) -> Response:
     media_type = source.media_type or content_type(os.path.basename(path))
     found = await trio.to_thread.run_sync(_open_regular, path, media_type, None)
     if found is None:
-        return _not_found()
+        return Response(404, headers=[*response.headers, *_TEXT], body="Not Found\n")
     try:
         return _file_response(request, found, response.headers)
     except BaseException:
