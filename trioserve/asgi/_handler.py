@@ -142,11 +142,11 @@ class ASGIHandler:
         apps = self._apps
         if apps is None:
             raise RuntimeError(_NOT_HOSTED)
+        headers = request.headers.raw  # the scope's copy
         if request.is_websocket:
-            ws_cycle = WebSocketCycle(request, self._scope(request, "websocket"))
+            ws_cycle = WebSocketCycle(request, self._scope(request, "websocket", headers))
             apps.nursery.start_soon(ws_cycle.run, self._call)
             return await ws_cycle.respond()
-        headers = request.headers.raw
         # RFC 9112 6.3: a request has a body only with Content-Length or
         # Transfer-Encoding (the engine refused requests that carry both).
         body_length: int | None = 0
@@ -155,13 +155,19 @@ class ASGIHandler:
                 body_length = int(value)
             elif name == b"transfer-encoding":
                 body_length = None
-        cycle = HTTPCycle(request, self._scope(request, "http"), body_length)
+        cycle = HTTPCycle(request, self._scope(request, "http", headers), body_length)
         apps.start(cycle)
         return await cycle.wait_response()
 
-    def _scope(self, request: Request, kind: Literal["http", "websocket"]) -> Scope:
+    def _scope(
+        self,
+        request: Request,
+        kind: Literal["http", "websocket"],
+        headers: list[tuple[bytes, bytes]],
+    ) -> Scope:
         """The connection scope of one request: ``http``, or ``websocket`` for a request
-        that asks for one (its scheme is then ``ws`` or ``wss``)."""
+        that asks for one (its scheme is then ``ws`` or ``wss``); ``headers`` is the
+        request's, copied for the application."""
         root_path = self.root_path
         tls = request.tls
         if kind == "http":
@@ -188,10 +194,10 @@ class ASGIHandler:
             "http_version": request.http_version,
             "scheme": scheme,
             "path": root_path + request.path if root_path else request.path,
-            "raw_path": self._raw_root_path + request.raw_path,
+            "raw_path": self._raw_root_path + request.raw_path if root_path else request.raw_path,
             "query_string": request.query_string,
             "root_path": root_path,
-            "headers": request.headers.raw,
+            "headers": headers,
             "client": request.client,
             "server": request.server,
             "state": self._state.copy(),
