@@ -41,7 +41,7 @@ def sock_dir() -> Iterator[Path]:
 #: Test modules whose every test also runs with the engine as a trio guest of an
 #: asyncio loop (``--loop asyncio``): the ASGI adapter's suites. Their tests get a
 #: ``loop`` parameter, ``trio`` or ``asyncio``, shown in the test id.
-BOTH_LOOPS = frozenset({"test_asgi", "test_asgi_apps", "test_asgi_websocket"})
+BOTH_LOOPS = frozenset({"test_asgi", "test_asgi_apps", "test_asgi_websocket", "test_asgi_workers"})
 
 
 def guest_run(

@@ -25,6 +25,7 @@ from ._lifespan import LifespanMode, LifespanProtocol
 from ._loops import app_caller
 from ._types import ASGI_VERSION, ASGIApp, Scope
 from ._websocket import WebSocketCycle
+from ._workers import Workers
 
 __all__ = ["DRAIN_TIMEOUT", "HTTP_SPEC_VERSION", "WEBSOCKET_SPEC_VERSION", "ASGIHandler"]
 
@@ -84,10 +85,11 @@ class ASGIHandler:
     DEBUG. An application still running :data:`ABANDON_GRACE` seconds after its
     exchange was aborted is cancelled.
 
-    Resource handling: each request's application call runs in a task of its own in
-    the host, so it may stream while the server writes, and go on after its response
-    is complete (background work). The host waits up to :data:`DRAIN_TIMEOUT` seconds
-    for such tasks before lifespan shutdown.
+    Resource handling: each request's application call runs in a task of the host (not
+    the connection's; a task whose call ended takes the next one), so it may stream
+    while the server writes, and go on after its response is complete (background
+    work). The host waits up to :data:`DRAIN_TIMEOUT` seconds for such tasks before
+    lifespan shutdown.
 
     Raises:
         ValueError: ``lifespan`` is not ``"auto"``, ``"on"`` or ``"off"``.
@@ -121,7 +123,7 @@ class ASGIHandler:
         self._raw_root_path = quote(root_path).encode("ascii")
         # The lifespan scope's "state"; each request gets a shallow copy (spec).
         self._state: dict[str, object] = {}
-        self._apps: trio.Nursery | None = None
+        self._apps: Workers | None = None
         # The application as the cycles call it: on trio, or on the asyncio loop the
         # server runs on as a guest (``_loops``); decided when the host starts.
         self._call: ASGIApp = app
@@ -140,11 +142,11 @@ class ASGIHandler:
         apps = self._apps
         if apps is None:
             raise RuntimeError(_NOT_HOSTED)
+        headers = request.headers.raw  # the scope's copy
         if request.is_websocket:
-            ws_cycle = WebSocketCycle(request, self._scope(request, "websocket"))
-            apps.start_soon(ws_cycle.run, self._call)
+            ws_cycle = WebSocketCycle(request, self._scope(request, "websocket", headers))
+            apps.nursery.start_soon(ws_cycle.run, self._call)
             return await ws_cycle.respond()
-        headers = request.headers.raw
         # RFC 9112 6.3: a request has a body only with Content-Length or
         # Transfer-Encoding (the engine refused requests that carry both).
         body_length: int | None = 0
@@ -153,13 +155,19 @@ class ASGIHandler:
                 body_length = int(value)
             elif name == b"transfer-encoding":
                 body_length = None
-        cycle = HTTPCycle(request, self._scope(request, "http"), body_length)
-        apps.start_soon(cycle.run, self._call)
+        cycle = HTTPCycle(request, self._scope(request, "http", headers), body_length)
+        apps.start(cycle)
         return await cycle.wait_response()
 
-    def _scope(self, request: Request, kind: Literal["http", "websocket"]) -> Scope:
+    def _scope(
+        self,
+        request: Request,
+        kind: Literal["http", "websocket"],
+        headers: list[tuple[bytes, bytes]],
+    ) -> Scope:
         """The connection scope of one request: ``http``, or ``websocket`` for a request
-        that asks for one (its scheme is then ``ws`` or ``wss``)."""
+        that asks for one (its scheme is then ``ws`` or ``wss``); ``headers`` is the
+        request's, copied for the application."""
         root_path = self.root_path
         tls = request.tls
         if kind == "http":
@@ -186,10 +194,10 @@ class ASGIHandler:
             "http_version": request.http_version,
             "scheme": scheme,
             "path": root_path + request.path if root_path else request.path,
-            "raw_path": self._raw_root_path + request.raw_path,
+            "raw_path": self._raw_root_path + request.raw_path if root_path else request.raw_path,
             "query_string": request.query_string,
             "root_path": root_path,
-            "headers": request.headers.raw,
+            "headers": headers,
             "client": request.client,
             "server": request.server,
             "state": self._state.copy(),
@@ -255,7 +263,7 @@ class _Host:
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    apps: trio.Nursery = await nursery.start(self._host_apps)
+                    apps: Workers = await nursery.start(self._host_apps, handler._call)
                     if handler.lifespan_mode != "off":
                         protocol = LifespanProtocol(
                             handler._call, handler._state, handler.lifespan_mode
@@ -301,12 +309,13 @@ class _Host:
             )
             raise
 
-    async def _host_apps(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async def _host_apps(self, app: ASGIApp, *, task_status: trio.TaskStatus[Workers]) -> None:
         try:
             async with trio.open_nursery() as apps:
-                task_status.started(apps)
+                workers = Workers(apps, app)
+                task_status.started(workers)
                 await self._draining.wait()
-                running = len(apps.child_tasks)
+                running = len(apps.child_tasks) - workers.close()
                 if running:
                     error_logger.info(
                         "waiting up to %.4g s for %d ASGI application tasks",

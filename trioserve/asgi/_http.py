@@ -1,10 +1,11 @@
 """One ASGI ``http`` exchange: the application's receive/send against a Request.
 
 Rules for this module:
-1. The application runs in a task of its own, hosted by the adapter for the server's
-   lifetime; the handler (in the connection task) only waits for the response head.
-   So an application can go on after its response (Starlette background tasks) and
-   can stream while the engine writes, with no coroutine moved between tasks.
+1. The application runs in a task of the adapter's host, not in the connection task
+   (a worker that ``_workers`` reuses from call to call); the handler (in the
+   connection task) only waits for the response head. So an application can go on
+   after its response (Starlette background tasks) and can stream while the engine
+   writes, with no coroutine moved between tasks.
 2. The response is handed over with the first body message (ASGI lets a server hold
    ``http.response.start`` until then), so an application that fails before its
    first body, or before the handler has returned the response, gets a clean 500.
@@ -52,7 +53,7 @@ from ._types import (
     message_headers,
 )
 
-__all__ = ["ABANDON_GRACE", "HTTPCycle", "abandon", "call_app"]
+__all__ = ["ABANDON_GRACE", "HTTPCycle", "abandon", "call_app", "sort_app_outcome"]
 
 #: Seconds an application may run on after its exchange was aborted (client gone,
 #: response failed) before it is cancelled: time to see the ``OSError`` from
@@ -99,8 +100,9 @@ _ABORTED: Final = _State.ABORTED
 class HTTPCycle:
     """The state shared by one exchange's handler call, app task and response body.
 
-    Built by the handler for each request; :meth:`run` is the app task;
-    :meth:`wait_response` is what the handler awaits.
+    Built by the handler for each request; :meth:`run` is the application call (a
+    worker of the host runs it, under its ``app_scope``); :meth:`wait_response` is
+    what the handler awaits.
     """
 
     __slots__ = (
@@ -124,7 +126,8 @@ class HTTPCycle:
         """``body_length``: the declared Content-Length, ``None`` for a chunked body."""
         self.request = request
         self.scope = scope
-        self.app_scope = trio.CancelScope()
+        # The cancel scope the application runs under (the worker's), once it runs.
+        self.app_scope: trio.CancelScope | None = None
         self._body: AsyncIterator[bytes] | None = None
         self._body_left = body_length
         self._request_done = False  # the last http.request (more_body False) was given
@@ -193,17 +196,24 @@ class HTTPCycle:
         self._state = _ABORTED
         if self._chunks_out is not None:
             self._chunks_out.close()
-        abandon(self.app_scope)
+        if self.app_scope is not None:  # else the worker abandons it when it takes it
+            abandon(self.app_scope)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the exchange was aborted (see :meth:`abort`)."""
+        return self._state == _ABORTED
 
     # --- The app task ----------------------------------------------------------------
 
     async def run(self, app: ASGIApp) -> None:
-        """Run the application for this exchange (the app task). Never raises but
-        for a ``KeyboardInterrupt`` or a cancellation from outside (rule 5)."""
+        """Run the application for this exchange, under ``app_scope``, which the caller
+        (a worker) has entered. Never raises but for a ``KeyboardInterrupt`` or a
+        cancellation (rule 5): the worker tells the application's own, which
+        :meth:`abort` set off, to :meth:`app_cancelled`."""
         try:
             connection = (self.scope, self.receive, self.send)
-            if await call_app(app, connection, self.app_scope, self.app_raised, self.app_returned):
-                self._app_cancelled()
+            await sort_app_outcome(app, connection, self.app_raised, self.app_returned)
         finally:
             self.close_resources()
 
@@ -246,8 +256,9 @@ class HTTPCycle:
             )
             self._end_stream()
 
-    def _app_cancelled(self) -> None:
-        # Only abort() sets a deadline on app_scope: the exchange is already over.
+    def app_cancelled(self) -> None:
+        """The application was cancelled by its ``app_scope``, which only :meth:`abort`
+        sets a deadline on: the exchange was already over."""
         if error_logger.isEnabledFor(logging.DEBUG):
             error_logger.debug(
                 "ASGI application for %r cancelled %.4g s after its exchange was aborted",
@@ -465,23 +476,33 @@ async def call_app(
     raised: Callable[[Exception], None],
     returned: Callable[[], None],
 ) -> bool:
-    """Call ``app(*connection)`` in ``app_scope``, sorting its outcome (rule 5): its
-    own errors go to ``raised``, a return to ``returned``; what is left to raise is
-    only trio's cancellation (from outside) and ``KeyboardInterrupt`` or
-    ``SystemExit``. Returns whether ``app_scope`` cancelled it (an abandoned call)."""
+    """Call ``app(*connection)`` in ``app_scope`` (see :func:`sort_app_outcome`);
+    returns whether ``app_scope`` cancelled it (an abandoned call)."""
     with app_scope:
-        try:
-            await app(*connection)
-        except BaseException as exc:
-            failure, rest = split_failure(exc)
-            if failure is not None:
-                explain_asyncio_failure(failure)
-                raised(failure)
-            if rest is not None:
-                raise rest from None
-        else:
-            returned()
+        await sort_app_outcome(app, connection, raised, returned)
     return app_scope.cancelled_caught
+
+
+async def sort_app_outcome(
+    app: ASGIApp,
+    connection: tuple[Scope, Receive, Send],
+    raised: Callable[[Exception], None],
+    returned: Callable[[], None],
+) -> None:
+    """Call ``app(*connection)``, sorting its outcome (rule 5): its own errors go to
+    ``raised``, a return to ``returned``; what is left to raise is only trio's
+    cancellation and ``KeyboardInterrupt`` or ``SystemExit``."""
+    try:
+        await app(*connection)
+    except BaseException as exc:
+        failure, rest = split_failure(exc)
+        if failure is not None:
+            explain_asyncio_failure(failure)
+            raised(failure)
+        if rest is not None:
+            raise rest from None
+    else:
+        returned()
 
 
 def abandon(app_scope: trio.CancelScope) -> None:
