@@ -10,12 +10,13 @@ unwrapped), which binds a port but sends nothing.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
 
 import anyio
 import pytest
@@ -184,6 +185,38 @@ async def test_pathsend(tmp_path: Path) -> None:
     assert response.body == path.read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda path: None, FileNotFoundError),
+        (lambda path: path.mkdir(), OSError),
+        (lambda path: os.mkfifo(path), OSError),  # never opened blocking: no hang
+    ],
+)
+async def test_pathsend_of_no_regular_file_raises_into_the_app(
+    tmp_path: Path, make: Callable[[Path], object], error: type[OSError]
+) -> None:
+    path = tmp_path / "missing"
+    make(path)
+    raised: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": str(path)})
+        except OSError as exc:
+            raised.append(exc)
+            raise
+
+    async with served(app) as client:
+        response = await client.get("/")
+    assert response.status == 500
+    [exc] = raised
+    assert isinstance(exc, error)
+
+
 async def test_pathsend_aborted_while_the_file_opens_closes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,17 +226,17 @@ async def test_pathsend_aborted_while_the_file_opens_closes_it(
     path = tmp_path / "data.bin"
     path.write_bytes(b"x" * 10)
     release = threading.Event()
-    opened: list[IO[bytes]] = []
+    opened: list[io.FileIO] = []
+    real_open = trioserve.asgi._http._open_file
 
-    def gated_open(file: str, mode: str) -> IO[bytes]:
+    def gated_open(file: str) -> tuple[io.FileIO, os.stat_result]:
         # An open that blocks (an NFS server), until the test has aborted the exchange.
         release.wait(5)
-        handle = open(file, mode)  # the adapter owns (and must close) it from here
+        handle, st = real_open(file)  # the adapter owns (and must close) it from here
         opened.append(handle)
-        return handle
+        return handle, st
 
-    # The adapter looks the builtin up as a module global, so a global shadows it.
-    monkeypatch.setattr(trioserve.asgi._http, "open", gated_open, raising=False)
+    monkeypatch.setattr(trioserve.asgi._http, "_open_file", gated_open)
     sending = Signal()
     done = Signal()
     outcome: list[BaseException | None] = []

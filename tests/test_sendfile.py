@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -29,7 +30,10 @@ from trioserve._filebody import READ_CHUNK, FileSource
 from trioserve.static import StaticFiles
 from trioserve.testing import open_client, parse_responses, receive_all
 
+from .asgi_apps.serving import serve_asgi
 from .test_static_security import serving  # a handler on a real socket
+
+ASGISend = Callable[[dict[str, object]], Awaitable[None]]
 
 BIG = bytes(range(256)) * (4 * READ_CHUNK // 256 + 7)  # ~1 MiB, not a multiple of a page
 SMALL = b"small file\n"
@@ -354,3 +358,19 @@ def test_page_cache_probe_sees_a_file_just_written(root: Path) -> None:
     with open(root / "big.bin", "rb") as file:
         cached = _filebody._cached(file.fileno(), 0, len(BIG))
     assert cached is (_filebody._RWF_NOWAIT is not None)
+
+
+async def test_asgi_pathsend_goes_by_sendfile_over_tcp(
+    root: Path, sendfile_calls: list[int]
+) -> None:
+    async def app(scope: dict[str, object], receive: object, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", str(len(BIG)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": str(root / "big.bin")})
+
+    async with serve_asgi(app, lifespan="off") as client:  # type: ignore[arg-type]
+        whole = await client.get("/")
+    assert whole.content == BIG
+    assert sum(sendfile_calls) == len(BIG) - 1

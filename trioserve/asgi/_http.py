@@ -29,14 +29,18 @@ Rules for this module:
 from __future__ import annotations
 
 import enum
+import errno
 import io
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import trio
 
 from .._errors import BodyUnavailable, ClientDisconnected, HTTPError, split_failure
+from .._filebody import FileBody, open_regular
 from .._logging import error_logger
 from .._request import Request
 from .._response import BodyAfterFirst, Response
@@ -60,9 +64,6 @@ __all__ = ["ABANDON_GRACE", "HTTPCycle", "abandon", "call_app", "sort_app_outcom
 #: ``send()`` or the ``http.disconnect`` from ``receive()`` and clean up, while an
 #: application that never looks cannot pile up work for clients that are gone.
 ABANDON_GRACE: Final = 5.0
-#: Bytes read per piece of an ``http.response.pathsend`` file (trio's own default
-#: receive size).
-FILE_CHUNK: Final = 65536
 
 
 class _State(enum.IntEnum):
@@ -138,7 +139,7 @@ class HTTPCycle:
         self._wake: trio.Event | None = None
         self._chunks_in: trio.MemorySendChannel[bytes] | None = None
         self._chunks_out: trio.MemoryReceiveChannel[bytes] | None = None
-        self._file: io.BufferedReader | None = None
+        self._file: io.FileIO | None = None
 
     # --- The handler's side (connection task) ----------------------------------------
 
@@ -429,8 +430,9 @@ class HTTPCycle:
         if not isinstance(path, str):
             raise TypeError("ASGI http.response.pathsend 'path' must be a str")
         # Opening may block (network file systems), so it runs in a thread; errors
-        # (missing file, permissions) are raised into the application.
-        file = await trio.to_thread.run_sync(open, path, "rb")
+        # (missing file, permissions, not a regular file) are raised into the
+        # application. The body is the engine's FileBody: sendfile on plain sockets.
+        file, st = await trio.to_thread.run_sync(_open_file, path)
         if self._state == _ABORTED:
             # Aborted while the thread opened the file (client gone, connection
             # cancelled): nobody will send or close it, and marking the exchange
@@ -440,7 +442,9 @@ class HTTPCycle:
         response = self._response
         assert response is not None
         self._file = file
-        self._response = response.with_body(_FileBody(file))
+        self._response = response.with_body(
+            FileBody(file, path, st.st_size, st.st_mtime_ns, [(0, st.st_size)])
+        )
         self._state = _COMPLETE
         self._hand_over()
 
@@ -542,26 +546,12 @@ class _StreamedBody(BodyAfterFirst):
         await trio.lowlevel.checkpoint()
 
 
-class _FileBody:
-    """The body of an ``http.response.pathsend`` response: the file, piece by piece.
-
-    Reads run in a worker thread (``trio.to_thread``), as trio's own file I/O does.
-    """
-
-    __slots__ = ("_file",)
-
-    def __init__(self, file: io.BufferedReader) -> None:
-        self._file = file
-
-    def __aiter__(self) -> _FileBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await trio.to_thread.run_sync(self._file.read, FILE_CHUNK)
-        if not data:
-            raise StopAsyncIteration
-        return data
-
-    async def aclose(self) -> None:
-        self._file.close()
-        await trio.lowlevel.checkpoint()
+def _open_file(path: str) -> tuple[io.FileIO, os.stat_result]:
+    """Open ``path`` for ``pathsend`` (in a worker thread): a regular file, or the
+    error that says why not."""
+    opened = open_regular(path)
+    if opened is None:
+        if stat.S_ISREG(os.stat(path).st_mode):  # os.stat raises for a missing file
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return opened
