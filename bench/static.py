@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from servers import APPS, HOST, ServerSpec, running
-from wrk import WrkResult, run_wrk
+from wrk import measure
 
 LARGE = ("/large.bin", 100 * 1024 * 1024)
 SMALL = ("/small.txt", 1024)
@@ -77,14 +77,6 @@ def _fill(root: Path) -> None:
     (root / SMALL[0][1:]).write_bytes(pattern[: SMALL[1]])
 
 
-def _measure(url: str, connections: int, seconds: int) -> WrkResult:
-    run_wrk(url, connections, WARMUP_SECONDS)
-    result = run_wrk(url, connections, seconds)
-    if result.errors or not result.requests:
-        raise RuntimeError(f"{url}: {result.errors} errors at c={connections}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repetitions", type=int, default=3)
@@ -103,9 +95,11 @@ def main() -> None:
                 print(f"[{repetition + 1}/{args.repetitions}] {spec.name}", file=sys.stderr)
                 with running(spec) as server:
                     base = f"http://{HOST}:{server.port}"
-                    big = _measure(base + LARGE[0], LARGE_CONNECTIONS, args.seconds)
+                    big = measure(base + LARGE[0], LARGE_CONNECTIONS, args.seconds, WARMUP_SECONDS)
                     large[spec.name].append(big.bytes_per_second / 2**20)
-                    tiny = _measure(base + SMALL[0], SMALL_CONNECTIONS, args.seconds)
+                    tiny = measure(
+                        base + SMALL[0], SMALL_CONNECTIONS, args.seconds, WARMUP_SECONDS
+                    )
                     small[spec.name].append(tiny.requests_per_second)
                 time.sleep(0.5)
     table = _table(servers, large, small, args)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trustme
 from servers import APPS, ASGI_APP, HOST, ServerSpec, running
-from wrk import WrkResult, run_wrk
+from wrk import measure
 
 CONNECTIONS = 16
 WARMUP_SECONDS = 1
@@ -84,14 +84,6 @@ def _servers(cert: Path, key: Path) -> list[ServerSpec]:
     ]  # fmt: skip
 
 
-def _measure(url: str, seconds: int, headers: tuple[str, ...] = ()) -> WrkResult:
-    run_wrk(url, CONNECTIONS, WARMUP_SECONDS, headers=headers)
-    result = run_wrk(url, CONNECTIONS, seconds, headers=headers)
-    if result.errors or not result.requests:
-        raise RuntimeError(f"{url}: {result.errors} errors")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repetitions", type=int, default=3)
@@ -111,9 +103,15 @@ def main() -> None:
                 print(f"[{repetition + 1}/{args.repetitions}] {spec.name}", file=sys.stderr)
                 with running(spec, tls=True) as server:
                     url = f"https://{HOST}:{server.port}/"
-                    kept[spec.name].append(_measure(url, args.seconds).requests_per_second)
+                    kept[spec.name].append(
+                        measure(url, CONNECTIONS, args.seconds, WARMUP_SECONDS).requests_per_second
+                    )
                     close = ("Connection: close",)
-                    fresh[spec.name].append(_measure(url, args.seconds, close).requests_per_second)
+                    fresh[spec.name].append(
+                        measure(
+                            url, CONNECTIONS, args.seconds, WARMUP_SECONDS, close
+                        ).requests_per_second
+                    )
                 time.sleep(0.5)
     table = _table(servers, kept, fresh, args)
     args.output.parent.mkdir(exist_ok=True)

@@ -92,3 +92,14 @@ def _errors(output: str) -> int:
     if bad_status:
         counts.append(int(bad_status.group(1)))
     return sum(counts)
+
+
+def measure(
+    url: str, connections: int, seconds: int, warmup: int, headers: tuple[str, ...] = ()
+) -> WrkResult:
+    """A ``warmup``-second run, then the measured one; an error or no request fails."""
+    run_wrk(url, connections, warmup, headers=headers)
+    result = run_wrk(url, connections, seconds, headers=headers)
+    if result.errors or not result.requests:
+        raise WrkError(f"{url}: {result.errors} errors, {result.requests} requests")
+    return result

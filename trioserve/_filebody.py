@@ -94,11 +94,8 @@ class FileBody:
         return self
 
     async def __anext__(self) -> bytes:
-        if not self._parts:
-            raise StopAsyncIteration
-        part = self._parts.pop()
+        part = await self._next_part()
         if isinstance(part, bytes):
-            await trio.lowlevel.checkpoint()
             return part
         offset, length = part
         count = min(length, READ_CHUNK)
@@ -113,17 +110,23 @@ class FileBody:
         return _Pieces(self)
 
     async def _next_piece(self) -> bytes | FileRange:
-        if not self._parts:
-            raise StopAsyncIteration
-        part = self._parts.pop()
+        part = await self._next_part()
         if isinstance(part, bytes):
-            await trio.lowlevel.checkpoint()
             return part
         offset, length = part
         if length > 1:
             self._parts.append((offset + length - 1, 1))
             return FileRange(self, offset, length - 1)
         return await trio.to_thread.run_sync(self._read, offset, 1)
+
+    async def _next_part(self) -> Part:
+        """The next part to send (literal bytes after a checkpoint, or a range)."""
+        if not self._parts:
+            raise StopAsyncIteration
+        part = self._parts.pop()
+        if isinstance(part, bytes):
+            await trio.lowlevel.checkpoint()
+        return part
 
     def _read(self, offset: int, count: int) -> bytes:
         fd = self._file.fileno()
