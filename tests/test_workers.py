@@ -583,7 +583,8 @@ async def test_a_worker_that_fails_at_startup_ends_the_server_with_status_1(
     others = [
         line
         for line in lines
-        if "[supervisor]" not in line and not line.startswith(("Serving on ", "Interface: "))
+        if "[supervisor]" not in line
+        and not line.startswith(("Serving on ", "Interface: ", "HTTP engine: "))
     ]
     # The worker's one line; each worker that got as far says the same one.
     assert set(others) == {error}, lines
