@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,18 @@ def sock_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """main() sets up the trioserve loggers; put them back as they were."""
+    loggers = [logging.getLogger("trioserve.error"), logging.getLogger("trioserve.access")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 # --- The ASGI suites on both loops -----------------------------------------------------
@@ -96,6 +109,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 ENGINES = ("h11", "h11-mypyc")
 #: Put first on the PYTHONPATH of the child processes of the h11 run: hides h11_mypyc.
 HIDE_H11_MYPYC = str(Path(__file__).parent / "hide_h11_mypyc")
+#: What ``auto`` tries, as trioserve ships it (a run of one engine narrows it).
+SHIPPED_AUTO_ORDER = _engines.AUTO_ORDER
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
