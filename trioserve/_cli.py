@@ -46,7 +46,7 @@ from ._config import Config, HTTPEngineName
 from ._engines import load_engine
 from ._guest import Loop
 from ._handler import Handler
-from ._logging import StderrHandler, configure_logging, error_logger
+from ._logging import StderrHandler, configure_logging, error_logger, say
 from ._run import EXIT_INTERRUPTED, run
 from ._server import Lifespan, Server
 from ._supervisor import WorkerSettings
@@ -136,10 +136,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
     except CLIError as exc:
         if exc.__cause__ is not None:
             error_logger.debug("traceback of the error below", exc_info=exc.__cause__)
-        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        say(f"trioserve: {exc}")
         return exc.status
     except KeyboardInterrupt:  # a slow import, interrupted
-        print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
+        say("trioserve: interrupted before serving")
         return EXIT_INTERRUPTED
     recycle: trio.Event | None = None
     worker = options.worker
@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         counting = CountingHandler(handler, worker.max_requests)
         handler, recycle = counting, counting.reached
     raise_open_file_limit(options.config.max_connections)
-    print(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})", file=sys.stderr, flush=True)
-    print(f"HTTP engine: {options.http_engine}", file=sys.stderr, flush=True)
+    say(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})")
+    say(f"HTTP engine: {options.http_engine}")
     listening = options.listening
     return run(
         handler,
@@ -328,7 +328,7 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
     except CLIError as exc:
         if exc.status == USAGE_ERROR:
             parser.error(str(exc))
-        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        say(f"trioserve: {exc}")
         raise SystemExit(exc.status) from None
     return Options(
         app=str(namespace.app),

@@ -218,7 +218,7 @@ def _metavar(name: str, hint: object) -> str:
 #: Where a field's comment speaks Python rather than the command line.
 _HELP_OVERRIDES: Final = {
     "http": "the HTTP/1.1 engine: h11 (pure Python), h11-mypyc (the same h11 compiled "
-    "with mypyc, about 2.8x faster; pip install 'trioserve[fast]'), or auto: h11-mypyc "
+    "with mypyc, about 2.2x faster; pip install 'trioserve[fast]'), or auto: h11-mypyc "
     "when installed, else h11",
     "server_header": "value of the Server header on every response; 'none' leaves it out",
     "proxy_headers": "believe X-Forwarded-For/-Proto/-Host/-Port and Forwarded from the "
