@@ -128,7 +128,10 @@ def run_engine(config: pytest.Config) -> str | None:
     chosen: str | None = config.getoption("--http-engine")
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
     if chosen is None and worker is not None:
-        chosen = ENGINES[int(worker.removeprefix("gw")) % len(ENGINES)]
+        number = int(worker.removeprefix("gw"))
+        if number >= len(ENGINES):  # -n 3, or a replaced worker: which engine is missing?
+            raise pytest.UsageError(f"xdist worker {worker}: run with -n {len(ENGINES)}")
+        chosen = ENGINES[number]
     return chosen
 
 
