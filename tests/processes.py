@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -88,16 +88,19 @@ async def running(
     cwd: Path | None = None,
     ready: bytes | None = SERVING,
     stdin: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ChildProcess]:
     """Start ``command`` with its stderr collected; yield once stderr matches
     ``ready`` (its first group, if any, is the port), or at once for ``None``.
-    ``stdin``: give it a pipe for stdin (``child.process.stdin``)."""
+    ``stdin``: give it a pipe for stdin (``child.process.stdin``); ``env``: its
+    environment (else this process's)."""
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(
             list(command),
             stderr=subprocess.PIPE,
             stdin=subprocess.PIPE if stdin else None,
             cwd=cwd,
+            env=env,
         )
         child = ChildProcess(process)
         nursery.start_soon(child.collect)

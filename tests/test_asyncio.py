@@ -26,6 +26,7 @@ import trioserve.asyncio
 from trioserve.asgi import ASGIHandler
 
 from .processes import BOUND, ChildProcess, running
+from .test_nginx import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -288,10 +289,11 @@ def test_run_asyncio_from_a_native_handler_and_the_hard_stop() -> None:
         return trioserve.Response(200, body=await trioserve.asyncio.run_asyncio(_loop_name))
 
     async def main() -> bytes:
-        task = asyncio.create_task(trioserve.asyncio.serve(native, 8765, host="127.0.0.1"))
+        port = free_port()  # serve() does not tell its port: not a fixed one, for -n 2
+        task = asyncio.create_task(trioserve.asyncio.serve(native, port, host="127.0.0.1"))
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient() as client:
-            body = (await client.get("http://127.0.0.1:8765/")).content
+            body = (await client.get(f"http://127.0.0.1:{port}/")).content
         task.cancel()  # the hard stop
         with pytest.raises(asyncio.CancelledError):
             await task

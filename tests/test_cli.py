@@ -74,6 +74,9 @@ def sample_value(field: dataclasses.Field[object]) -> tuple[str, object]:
         return (flag.replace("--", "--no-") if field.default else flag), not field.default
     if hint == tuple[str, ...]:
         return "10.0.0.0/8, unix", ("10.0.0.0/8", "unix")
+    if typing.get_origin(hint) is typing.Literal:  # http: h11, installed everywhere
+        choice = next(c for c in typing.get_args(hint) if c not in (field.default, "h11-mypyc"))
+        return choice, choice
     assert hint == (str | None)
     return "cli-test", "cli-test"
 
@@ -552,18 +555,6 @@ def test_malformed_app_spec_is_a_usage_error(spec: str) -> None:
 
 
 # --- main() in this process: failures before serving ------------------------------------
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """main() sets up the trioserve loggers; put them back as they were."""
-    loggers = [logging.getLogger("trioserve.error"), logging.getLogger("trioserve.access")]
-    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    yield
-    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import re
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import pytest
 import trio
 import trustme
 
+from .conftest import HIDE_H11_MYPYC
 from .processes import BOUND, GET, ChildProcess, running
 
 pytest.importorskip("gunicorn")
@@ -75,6 +76,7 @@ async def gunicorn(
     *options: str,
     ready: bytes = LISTENING,
     worker: str = "trioserve.workers.TrioserveWorker",
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ChildProcess]:
     """Run gunicorn with the worker class on a free port; yield once it listens."""
     command = [
@@ -91,7 +93,7 @@ async def gunicorn(
     ]
     child: ChildProcess | None = None
     try:
-        async with running(command, cwd=ROOT, ready=ready) as child:
+        async with running(command, cwd=ROOT, ready=ready, env=env) as child:
             yield child
     finally:
         if child is not None:
@@ -222,6 +224,33 @@ async def test_a_subclass_names_the_interface_and_changes_the_config() -> None:
                 await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n")
                 assert (await stream.receive_some()).startswith(b"HTTP/1.1 413 ")
         await stop(child)
+
+
+async def test_the_worker_logs_its_http_engine_and_a_subclass_chooses_one(
+    http_engine: str,
+) -> None:
+    # The default worker: 'auto', which is the engine of this run of the suite.
+    async with gunicorn(f"{APPS}:native") as child:
+        await child.wait_for(rb"HTTP engine: " + re.escape(http_engine.encode()) + rb" \d")
+        await get(child)
+        await stop(child)
+    # A subclass names one (h11 is installed everywhere; h11-mypyc is hidden in the h11 run).
+    async with gunicorn(
+        f"{APPS}:native", worker="tests.programs.gunicorn_workers.PureH11"
+    ) as child:
+        await child.wait_for(rb"HTTP engine: h11 \d")
+        await get(child)
+        await stop(child)
+
+
+async def test_an_http_engine_that_is_not_installed_stops_gunicorn() -> None:
+    env = {**os.environ, "PYTHONPATH": HIDE_H11_MYPYC}
+    worker = "tests.programs.gunicorn_workers.CompiledH11"
+    async with gunicorn(f"{APPS}:native", worker=worker, env=env) as child:
+        assert await child.wait() == 3  # WORKER_BOOT_ERROR: the arbiter stops
+    assert b"the HTTP engine h11-mypyc cannot be imported" in child.stderr
+    assert b"pip install 'trioserve[fast]'" in child.stderr
+    assert b"Traceback" not in child.stderr
 
 
 async def test_tls_with_gunicorns_certificate_settings(tmp_path: Path) -> None:

@@ -185,6 +185,7 @@ def test_config_defaults_are_finite_where_they_defend() -> None:
         "max_connections": 10_000,
         "max_requests_per_connection": math.inf,
         "backlog": 2048,
+        "http": "auto",
         "server_header": "trioserve",
         "proxy_headers": True,
         "forwarded_allow_ips": ("127.0.0.1",),

@@ -495,6 +495,16 @@ async def test_three_workers_answer_from_three_pids_the_supervisors_children() -
     assert "SIGTERM received: stopping 3 workers" in stderr
 
 
+async def test_the_workers_run_the_http_engine_the_command_line_names() -> None:
+    # h11, not 'auto': it differs from what auto finds in the h11-mypyc run of the suite.
+    async with supervising("--workers", "2", "--port", "0", "--http", "h11") as supervisor:
+        await answering(tcp(supervisor.port), lambda pids: len(pids) == 2)
+        supervisor.signal(signal.SIGTERM)
+        assert await supervisor.exit_status() == 0, supervisor.stderr
+    engines = re.findall(r"^HTTP engine: (.*)$", supervisor.stderr, re.MULTILINE)
+    assert engines == [f"h11 {h11.__version__}"] * 2, supervisor.stderr
+
+
 async def test_a_killed_worker_is_replaced_while_the_others_serve() -> None:
     async with supervising("--workers", "3", "--port", "0") as supervisor:
         before = supervisor.workers()
@@ -583,7 +593,8 @@ async def test_a_worker_that_fails_at_startup_ends_the_server_with_status_1(
     others = [
         line
         for line in lines
-        if "[supervisor]" not in line and not line.startswith(("Serving on ", "Interface: "))
+        if "[supervisor]" not in line
+        and not line.startswith(("Serving on ", "Interface: ", "HTTP engine: "))
     ]
     # The worker's one line; each worker that got as far says the same one.
     assert set(others) == {error}, lines

@@ -42,10 +42,11 @@ from ._cli_app import (
 from ._cli_config import POSITIVE_INT, add_config_flags, config_from, format_number
 from ._cli_listen import Listening, add_listen_flags, listening_from
 from ._cli_workers import add_worker_flags, supervise, worker_settings_from
-from ._config import Config
+from ._config import Config, HTTPEngineName
+from ._engines import load_engine
 from ._guest import Loop
 from ._handler import Handler
-from ._logging import StderrHandler, configure_logging, error_logger
+from ._logging import StderrHandler, configure_logging, error_logger, say
 from ._run import EXIT_INTERRUPTED, run
 from ._server import Lifespan, Server
 from ._supervisor import WorkerSettings
@@ -99,6 +100,8 @@ class Options:
     log_level: str
     access_log: bool
     config: Config
+    #: The HTTP engine ``config.http`` resolves to, with its version.
+    http_engine: str
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
@@ -133,10 +136,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
     except CLIError as exc:
         if exc.__cause__ is not None:
             error_logger.debug("traceback of the error below", exc_info=exc.__cause__)
-        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        say(f"trioserve: {exc}")
         return exc.status
     except KeyboardInterrupt:  # a slow import, interrupted
-        print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
+        say("trioserve: interrupted before serving")
         return EXIT_INTERRUPTED
     recycle: trio.Event | None = None
     worker = options.worker
@@ -144,7 +147,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioserve") -> int:
         counting = CountingHandler(handler, worker.max_requests)
         handler, recycle = counting, counting.reached
     raise_open_file_limit(options.config.max_connections)
-    print(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})", file=sys.stderr, flush=True)
+    say(f"Interface: {_INTERFACE_NAMES[interface]} ({reason})")
+    say(f"HTTP engine: {options.http_engine}")
     listening = options.listening
     return run(
         handler,
@@ -187,8 +191,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"trioserve: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
-    """The argument parser, with a flag for every ``Config`` field."""
+def build_parser(
+    prog: str = "trioserve", argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser, with a flag for every ``Config`` field (``argv``: the
+    arguments, for the engine that ``--version`` reports)."""
     parser = _Parser(
         prog=prog,
         description=(
@@ -206,7 +213,10 @@ def build_parser(prog: str = "trioserve") -> argparse.ArgumentParser:
         "imported from --app-dir",
     )
     parser.add_argument(
-        "--version", action="version", version=version_line(), help="print the version and exit"
+        "--version",
+        action="version",
+        version=version_line(_engine_asked(argv)),
+        help="print the version and the HTTP engine --http chooses, and exit",
     )
 
     application = parser.add_argument_group("application")
@@ -294,13 +304,17 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
         SystemExit: with status 2 and one line on stderr for a bad command line; with
             status 0 after ``--help`` or ``--version``.
     """
-    parser = build_parser(prog)
+    parser = build_parser(prog, sys.argv[1:] if argv is None else argv)
     namespace = parser.parse_args(argv)
     try:
         config = config_from(namespace)
         worker = WorkerPlan.parse()
     except (TypeError, ValueError) as exc:  # each flag was checked alone: a combination
         parser.error(str(exc))
+    try:
+        http_engine = str(load_engine(config.http))
+    except ImportError as exc:  # not installed: as bad as an unknown choice
+        parser.error(f"argument --http: {exc}")
     try:
         listening = listening_from(namespace, worker)
         workers = None
@@ -314,7 +328,7 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
     except CLIError as exc:
         if exc.status == USAGE_ERROR:
             parser.error(str(exc))
-        print(f"trioserve: {exc}", file=sys.stderr, flush=True)
+        say(f"trioserve: {exc}")
         raise SystemExit(exc.status) from None
     return Options(
         app=str(namespace.app),
@@ -331,17 +345,38 @@ def parse_args(argv: Sequence[str] | None = None, *, prog: str = "trioserve") ->
         log_level=str(namespace.log_level),
         access_log=bool(namespace.access_log),
         config=config,
+        http_engine=http_engine,
     )
 
 
-def version_line() -> str:
-    """``trioserve 0.1.0 (trio 0.30.0, h11 0.16.0, CPython 3.12.3 on Linux)``."""
+def version_line(http: HTTPEngineName = "auto") -> str:
+    """``trioserve 0.1.0 (trio 0.30.0, h11 0.16.0, CPython 3.12.3 on Linux)`` and, on a
+    second line, ``HTTP engine: h11-mypyc 0.17.0 (--http auto)``."""
+    try:
+        engine = str(load_engine(http))
+    except ImportError:
+        engine = f"{http}, not installed"
     return (
         f"trioserve {__version__} (trio {trio.__version__}, "
         f"h11 {importlib.metadata.version('h11')}, "
         f"{platform.python_implementation()} {platform.python_version()} on "
-        f"{platform.system()})"
+        f"{platform.system()})\n"
+        f"HTTP engine: {engine} (--http {http})"
     )
+
+
+def _engine_asked(argv: Sequence[str] | None) -> HTTPEngineName:
+    """The engine that ``--http`` asks for anywhere in ``argv`` (``--version`` is acted
+    on as soon as it is parsed, maybe before a later ``--http``); else ``auto``."""
+    asked = "auto"
+    args = list(argv or ())
+    for i, arg in enumerate(args):
+        if arg == "--http" and i + 1 < len(args):
+            asked = args[i + 1]
+        elif arg.startswith("--http="):
+            asked = arg.partition("=")[2]
+    # A wrong name is argparse's to refuse, after --version has had its say.
+    return cast(HTTPEngineName, asked) if asked in typing.get_args(HTTPEngineName) else "auto"
 
 
 def _root_path(text: str) -> str:

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import math
 import socket as stdlib_socket
-import sys
 from collections.abc import Sequence
 from typing import Final
 
@@ -27,7 +26,7 @@ from ._cli_app import USAGE_ERROR, CLIError
 from ._cli_config import POSITIVE_INT
 from ._cli_listen import Listening
 from ._listeners import describe_listener, open_reuse_port_sockets, open_unix_listener
-from ._logging import error_logger
+from ._logging import error_logger, say
 from ._run import EXIT_FAILURE, EXIT_INTERRUPTED, listen_error_line
 from ._supervisor import Supervisor, WorkerSettings
 from ._watch import WatchSpec, watcher_name
@@ -225,7 +224,7 @@ def _socket_of(listener: trio.abc.Listener[trio.abc.Stream]) -> trio.socket.Sock
 
 
 def _report(line: str) -> None:
-    print(f"trioserve: {line}", file=sys.stderr, flush=True)
+    say(f"trioserve: {line}")
 
 
 def _positive_float(text: str) -> float:

@@ -52,15 +52,17 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import Final, NoReturn
 
 import trio
 
 from ._closing import close
 from ._config import Config
+from ._engines import Engine
 from ._errors import ClientDisconnected, HTTPError
 from ._exchange import RECEIVE_SIZE, WRITE_CHUNK, Abort, Exchange
 from ._filebody import FileRange
+from ._forwarded import TrustedPeers
 from ._handler import Handler, watches_disconnect
 from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
@@ -70,9 +72,6 @@ from ._request import Request, TLSInfo
 from ._response import Response
 from ._tracker import ConnectionTracker
 from ._upgrade import end_websocket, refuse_handshake, upgrade_not_taken
-
-if TYPE_CHECKING:
-    from ._forwarded import TrustedPeers
 
 __all__ = ["HTTPConnection"]
 
@@ -139,12 +138,13 @@ class HTTPConnection:
         tracker: ConnectionTracker,
         ends: Ends,
         trust: TrustedPeers,
+        engine: Engine,
     ) -> None:
         # Shared with the exchange (``_exchange``), which reads the body and watches.
         self.stream = stream
         self.config = config
         self.counters = tracker.counters
-        self.proto = HTTP11Protocol(config)
+        self.proto = HTTP11Protocol(config, engine)
         self.scope = trio.CancelScope()  # replaced by the one serve() enters
         self.task: trio.lowlevel.Task | None = None  # the connection task, once serving
         self.peer_eof = False  # the client sent EOF, or the connection broke

@@ -29,7 +29,8 @@ from gunicorn.sock import ssl_context as gunicorn_ssl_context  # type: ignore[im
 from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
 
 from ._cli_app import _INTERFACE_NAMES, CLIError, Interface, InterfaceChoice, choose_interface
-from ._config import Config
+from ._config import Config, HTTPEngineName
+from ._engines import load_engine
 from ._errors import StartupError
 from ._handler import Handler, watches_disconnect
 from ._listeners import fd_listener
@@ -136,7 +137,8 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
 
     Use it as ``gunicorn -k trioserve.workers.TrioserveWorker myapp:app``. The
     application's interface is detected from its signature, as by the ``trioserve``
-    command line; subclass and set :attr:`interface` when it cannot be told.
+    command line; subclass and set :attr:`interface` when it cannot be told, and
+    :attr:`http` to choose the HTTP engine.
     ``docs/gunicorn.md`` lists the gunicorn settings it honours and how.
 
     Signals, as gunicorn's workers: SIGTERM shuts down gracefully within
@@ -145,13 +147,16 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
 
     Error handling: an application of no known interface ends the worker as gunicorn's
     "App failed to load" (exit status 4); a failed startup (ASGI lifespan, TLS
-    certificate) with ``WORKER_BOOT_ERROR`` (3): either way the arbiter stops
-    instead of booting workers in a loop.
+    certificate, an HTTP engine that is not installed) with ``WORKER_BOOT_ERROR`` (3):
+    either way the arbiter stops instead of booting workers in a loop.
     """
 
     #: The application's interface: ``"auto"`` (detect), ``"asgi"``, ``"wsgi"`` or
     #: ``"native"``.
     interface: ClassVar[InterfaceChoice] = "auto"
+    #: The HTTP/1.1 engine, ``Config.http``: ``"auto"`` (h11-mypyc when installed,
+    #: else h11), ``"h11"`` or ``"h11-mypyc"``.
+    http: ClassVar[HTTPEngineName] = "auto"
 
     #: gunicorn's flag (set by its ``Worker``): False once the worker should stop.
     alive: bool
@@ -165,7 +170,7 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
             def trioserve_config(self):
                 return super().trioserve_config().replace(max_body_size=10 * 2**20)
         """
-        return _config_from(self.cfg)
+        return _config_from(self.cfg).replace(http=self.http)
 
     def init_signals(self) -> None:
         # gunicorn's handlers stay for the boot (before trio runs) and for SIGABRT (the
@@ -204,8 +209,14 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.log.error("TLS: cannot load the certificate: %s", exc)
             sys.exit(WORKER_BOOT_ERROR)
+        config = self.trioserve_config()
         try:
-            trio.run(self._serve, tls)
+            self.log.info("HTTP engine: %s", load_engine(config.http))
+        except ImportError as exc:
+            self.log.error("%s", exc)
+            sys.exit(WORKER_BOOT_ERROR)
+        try:
+            trio.run(self._serve, tls, config)
         except StartupError as exc:
             self.log.error("%s", exc, exc_info=exc.__cause__)
             sys.exit(WORKER_BOOT_ERROR)
@@ -217,7 +228,7 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
                 raise
             raise SystemExit(1) from None  # gunicorn's handle_abort: sys.exit(1)
 
-    async def _serve(self, tls: ssl.SSLContext | None) -> None:
+    async def _serve(self, tls: ssl.SSLContext | None, config: Config) -> None:
         stopping = trio.Event()  # set: graceful shutdown
         handler, lifespan = self._handler(stopping)
         failure: StartupError | None = None
@@ -233,7 +244,7 @@ class TrioserveWorker(Worker):  # type: ignore[misc]  # gunicorn's Worker is unt
                 try:
                     await serve(
                         handler,
-                        config=self.trioserve_config(),
+                        config=config,
                         ssl_context=tls,
                         listeners=listeners,
                         lifespan=lifespan,

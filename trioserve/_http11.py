@@ -1,8 +1,10 @@
 """The HTTP/1.1 protocol engine: h11 plus the strict checks h11 leaves to us.
 
 Rules for this module:
-1. The only server module that imports h11; it never awaits. Bytes go in, request
-   heads and body pieces come out; responses go in, bytes (or sendfile ranges) out.
+1. With ``_engines``, the only server module that imports h11; it never awaits:
+   bytes go in, request heads and body pieces come out; responses go in, bytes (or
+   sendfile ranges) come out. The build of h11 is the ``Engine`` given (``self._h11``),
+   its server's choice.
 2. Where RFC 9112 allows a lenient and a strict reading, it takes the strict one that
    leaves no room for request smuggling or desync, even where h11 is lenient
    (docs/framing.md lists the rules). h11 merges repeated Content-Length fields and
@@ -22,11 +24,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence, Sized
-from typing import Final, Literal, TypeVar
-
-import h11
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 from ._config import Config
+from ._engines import Engine
 from ._errors import BadRequest, ContentTooLarge, HeaderFieldsTooLarge, HTTPError, URITooLong
 from ._response import date_header, reason_phrase
 from ._strict import (
@@ -37,6 +38,9 @@ from ._strict import (
     content_length,
     has_token,
 )
+
+if TYPE_CHECKING:
+    import h11  # the types of both builds (see _engines)
 
 __all__ = [
     "BODY_END",
@@ -68,11 +72,6 @@ class ResponseFramingError(Exception):
     ended short of it (h11's ``LocalProtocolError``, translated at this wall)."""
 
 
-_INFORMATIONAL_100: Final = h11.InformationalResponse(
-    status_code=100, headers=[], reason=b"Continue"
-)
-_END_OF_MESSAGE: Final = h11.EndOfMessage()
-_MIGHT_SWITCH: Final = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]  # not in __all__
 _Piece = TypeVar("_Piece", bound=Sized)  # a body piece h11 passes through, len() counted
 
 
@@ -109,6 +108,7 @@ class HTTP11Protocol:
         "_conn",
         "_cr_pending",
         "_declared_length",
+        "_h11",
         "_head_buf",
         "_head_lines",
         "_http10_keep_alive",
@@ -120,7 +120,8 @@ class HTTP11Protocol:
         "_server_header",
     )
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self._h11 = engine
         self._max_header_size = _as_int(config.max_header_size)
         self._max_target_length = config.max_target_length
         self._max_header_count = config.max_header_count
@@ -143,7 +144,8 @@ class HTTP11Protocol:
         self._http10_keep_alive = False
 
     def _new_h11(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_size)
+        engine = self._h11
+        return engine.Connection(engine.SERVER, max_incomplete_event_size=self._max_header_size)
 
     def _restart_h11(self, leftover: bytes, *, closed: bool) -> None:
         """Go on with a fresh ``h11.Connection`` fed what the last one had not parsed.
@@ -213,7 +215,7 @@ class HTTP11Protocol:
     @property
     def has_pipelined_data(self) -> bool:
         """Whether bytes past the current request wait unprocessed (rarely asked)."""
-        return self._conn.their_state is h11.DONE and bool(self._conn.trailing_data[0])
+        return self._conn.their_state is self._h11.DONE and bool(self._conn.trailing_data[0])
 
     def next_request(self) -> RequestHead | Literal[_Signal.HEAD_INCOMPLETE]:
         """Parse the next request head, or return ``HEAD_INCOMPLETE``.
@@ -226,17 +228,17 @@ class HTTP11Protocol:
             return HEAD_INCOMPLETE  # nothing received yet: no need to ask h11
         try:
             event = self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
+        except self._h11.RemoteProtocolError as exc:
             # Judge the head's complete lines first, as if they had come one per read,
             # so that a split does not change the answer (rule 4).
             self._head_line_checker().check(self._head_buf)
             raise self._protocol_error(exc) from exc
-        if event is h11.NEED_DATA:
+        if event is self._h11.NEED_DATA:
             # h11 judges a head only once its blank line has come: a bad request line
             # would wait for header_timeout (408). Each line is judged as it completes.
             self._head_line_checker().check(self._head_buf)
             return HEAD_INCOMPLETE
-        if type(event) is not h11.Request:
+        if type(event) is not self._h11.Request:
             # EOF between requests is handled by the connection before asking, so the
             # only other event here is ConnectionClosed after an EOF mid-head.
             raise BadRequest("connection closed in the middle of a request head")
@@ -353,7 +355,8 @@ class HTTP11Protocol:
             ContentTooLarge: a chunked body crossed ``Config.max_body_size``, or a
                 chunk-size line announced a chunk that would cross it.
         """
-        if self._conn.their_state is not h11.SEND_BODY:
+        engine = self._h11
+        if self._conn.their_state is not engine.SEND_BODY:
             return BODY_END  # already complete (h11 would only report NEED_DATA or PAUSED)
         chunked = self._chunked
         if chunked is not None:
@@ -362,10 +365,10 @@ class HTTP11Protocol:
                 raise refusal
         try:
             event = self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
+        except engine.RemoteProtocolError as exc:
             raise BadRequest(str(exc)) from exc
         event_type = type(event)
-        if event_type is h11.Data:
+        if event_type is engine.Data:
             data = bytes(event.data)  # type: ignore[union-attr]  # narrowed by event_type
             if chunked is not None and event.chunk_end:  # type: ignore[union-attr]  # as above
                 chunked.chunk_ended()
@@ -373,10 +376,10 @@ class HTTP11Protocol:
             if self._body_received > self._max_body_size:
                 raise ContentTooLarge("body too large")
             return data
-        if event_type is h11.EndOfMessage:
+        if event_type is engine.EndOfMessage:
             self._chunked = None
             return BODY_END
-        if event is h11.NEED_DATA:
+        if event is engine.NEED_DATA:
             return BODY_INCOMPLETE
         # PAUSED cannot happen before EndOfMessage; ConnectionClosed means EOF mid-body.
         raise BadRequest("connection closed in the middle of a request body")
@@ -384,7 +387,7 @@ class HTTP11Protocol:
     @property
     def body_complete(self) -> bool:
         """Whether the whole request body has been received (or there was none)."""
-        return self._conn.their_state is not h11.SEND_BODY
+        return self._conn.their_state is not self._h11.SEND_BODY
 
     @property
     def they_are_waiting_for_100_continue(self) -> bool:
@@ -398,7 +401,7 @@ class HTTP11Protocol:
         declared length are left. (A chunked body's size is unknown: the drain after
         the response stops at ``max_drain_size`` and closes then.)
         """
-        if self._conn.their_state is not h11.SEND_BODY:
+        if self._conn.their_state is not self._h11.SEND_BODY:
             return False
         if self._conn.they_are_waiting_for_100_continue:
             return True
@@ -415,7 +418,7 @@ class HTTP11Protocol:
 
     def informational_continue(self) -> bytes:
         """The bytes of ``100 Continue`` (RFC 9110 15.2.1)."""
-        return self._conn.send(_INFORMATIONAL_100) or b""
+        return self._conn.send(self._h11.informational_100) or b""
 
     def start_response(
         self,
@@ -471,8 +474,8 @@ class HTTP11Protocol:
         if close:
             out.append((b"connection", b"close"))
         try:
-            head = self._conn.send(_valid_response(status, out)) or b""
-        except h11.LocalProtocolError as exc:
+            head = self._conn.send(self._valid_response(status, out)) or b""
+        except self._h11.LocalProtocolError as exc:
             raise ResponseFramingError(str(exc)) from exc
         if keep_http10:
             head = _http10_keep_alive_head(head)
@@ -484,10 +487,10 @@ class HTTP11Protocol:
         Raises:
             ResponseFramingError: the body runs past its ``content-length``.
         """
-        event = h11.Data(data=data)  # type: ignore[arg-type]  # h11 frames any len()-able
+        event = self._h11.Data(data=data)  # type: ignore[arg-type]  # h11 frames any len()-able
         try:
             return self._conn.send_with_data_passthrough(event) or []  # type: ignore[return-value]
-        except h11.LocalProtocolError as exc:
+        except self._h11.LocalProtocolError as exc:
             raise ResponseFramingError(str(exc)) from exc
 
     def end_response(self) -> bytes:
@@ -497,12 +500,12 @@ class HTTP11Protocol:
             ResponseFramingError: the body ended short of its ``content-length``.
         """
         try:
-            return self._conn.send(_END_OF_MESSAGE) or b""
-        except h11.LocalProtocolError as exc:
+            return self._conn.send(self._h11.end_of_message) or b""
+        except self._h11.LocalProtocolError as exc:
             raise ResponseFramingError(str(exc)) from exc
 
     def can_send_error_response(self) -> bool:
-        return self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+        return self._conn.our_state in (self._h11.IDLE, self._h11.SEND_RESPONSE)
 
     def error_response(self, status: int) -> bytes:
         """The bytes of a complete error response with ``Connection: close``.
@@ -520,14 +523,15 @@ class HTTP11Protocol:
     def can_switch_protocols(self) -> bool:
         """Whether a complete request asked to upgrade and nothing answered it yet."""
         their, ours = self._conn.their_state, self._conn.our_state
-        return their is _MIGHT_SWITCH and ours is h11.SEND_RESPONSE
+        return their is self._h11.MIGHT_SWITCH_PROTOCOL and ours is self._h11.SEND_RESPONSE
 
     def switch_protocols(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
         """The ``101`` taking the upgrade (RFC 9110 7.8); HTTP ends with it."""
         out = [*headers, (b"date", date_header())]
         if self._server_header is not None:
             out.append((b"server", self._server_header))
-        event = h11.InformationalResponse(status_code=101, headers=out, reason=reason_phrase(101))
+        reason = reason_phrase(101)
+        event = self._h11.InformationalResponse(status_code=101, headers=out, reason=reason)
         return self._conn.send(event) or b""
 
     def switched_data(self) -> bytes:
@@ -542,8 +546,8 @@ class HTTP11Protocol:
 
     def start_next_cycle(self) -> bool:
         """Get ready for the next request on this connection, if it can be kept alive."""
-        conn = self._conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        conn, engine = self._conn, self._h11
+        if conn.our_state is engine.DONE and conn.their_state is engine.DONE:
             conn.start_next_cycle()
             leftover, closed = conn.trailing_data
             self._method = b""
@@ -554,7 +558,7 @@ class HTTP11Protocol:
             else:
                 self._head_buf = leftover
             return True
-        if self._http10_keep_alive and conn.our_state is h11.MUST_CLOSE:
+        if self._http10_keep_alive and conn.our_state is engine.MUST_CLOSE:
             # h11 never keeps HTTP/1.0 connections alive; we do when the client asked
             # (Connection: keep-alive) and the response had a length. A fresh h11
             # state machine takes over what was received after the request.
@@ -565,18 +569,17 @@ class HTTP11Protocol:
             return True
         return False
 
+    def _valid_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+        """An ``h11.Response`` event for headers that are valid already.
 
-def _valid_response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
-    """An ``h11.Response`` event for headers that are valid already.
-
-    The handler's headers were checked when its Response was built, ours are made
-    valid. ``_parsed=True`` (a private argument of h11's event classes) tells h11 so and
-    spares a second regex pass per header (h11 still lower-cases names and checks the
-    framing headers); it is how h11 builds the events it parses itself.
-    """
-    return h11.Response(
-        status_code=status, headers=headers, reason=reason_phrase(status), _parsed=True
-    )
+        The handler's headers were checked when its Response was built, ours are made
+        valid. ``_parsed=True`` (a private argument of h11's event classes) tells h11 so
+        and spares a second regex pass per header (h11 still lower-cases names and
+        checks the framing headers); it is how h11 builds the events it parses itself.
+        """
+        return self._h11.Response(
+            status_code=status, headers=headers, reason=reason_phrase(status), _parsed=True
+        )
 
 
 # h11 ends the head with this field when it will close the connection (h11/_connection.py,

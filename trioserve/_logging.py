@@ -32,10 +32,19 @@ __all__ = [
     "log_access",
     "log_refusal",
     "logging_configured",
+    "say",
 ]
 
 error_logger = logging.getLogger("trioserve.error")
 access_logger = logging.getLogger("trioserve.access")
+
+
+def say(line: str) -> None:
+    """Print one line on stderr in one write: the lines of processes that share a
+    stderr (workers) then never interleave mid-line, even unbuffered (``python -u``,
+    ``PYTHONUNBUFFERED``), where ``print`` writes the line and its newline apart."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def log_access(host: str, request: Request, status: int, size: int, duration: float) -> None:

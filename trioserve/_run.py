@@ -31,7 +31,7 @@ from ._errors import StartupError
 from ._guest import Loop, run_on
 from ._handler import Handler
 from ._listeners import ListenerError
-from ._logging import configure_logging, error_logger, logging_configured
+from ._logging import configure_logging, error_logger, logging_configured, say
 from ._server import DEFAULT_PORT, Lifespan, Server, serve
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -156,7 +156,7 @@ def run(
             # A signal in the instant after serve() returned and took its handlers
             # with it: the shutdown was over, or forced.
             return EXIT_FAILURE if served[0].forced else EXIT_OK
-        print("trioserve: interrupted before serving", file=sys.stderr, flush=True)
+        say("trioserve: interrupted before serving")
         return EXIT_INTERRUPTED
     return EXIT_FAILURE if server.forced else EXIT_OK
 
@@ -242,7 +242,7 @@ async def _serve_and_report(
 def announce_urls(urls: Sequence[str]) -> None:
     """``Serving on URL (press CTRL+C to quit)`` on stderr, one line per URL."""
     for url in urls:
-        print(f"Serving on {url} (press CTRL+C to quit)", file=sys.stderr, flush=True)
+        say(f"Serving on {url} (press CTRL+C to quit)")
 
 
 async def _until_finished(server: Server, task: Callable[[Server], Awaitable[object]]) -> None:
@@ -303,7 +303,7 @@ def _location(filename: str, lineno: int | None) -> str:
 
 def _report(line: str, exc: BaseException) -> None:
     error_logger.debug("traceback of the error below", exc_info=exc.__cause__ or exc)
-    print(f"trioserve: {line}", file=sys.stderr, flush=True)
+    say(f"trioserve: {line}")
 
 
 def _startup_message(exc: StartupError) -> str:

@@ -26,6 +26,7 @@ import trio
 from ._accept import Acceptor
 from ._config import Config
 from ._connection import HTTPConnection
+from ._engines import load_engine
 from ._errors import StartupError
 from ._forwarded import TrustedPeers
 from ._handler import Handler
@@ -61,6 +62,10 @@ class Server:
             and its handshake runs under ``Config.handshake_timeout``. Build one with
             :func:`trioserve.create_ssl_context`. Streams that already are
             ``trio.SSLStream`` (from a ``trio.SSLListener``) are served as they are.
+
+    Raises:
+        ImportError: ``config.http`` names an HTTP engine that is not installed
+            (``"h11-mypyc"`` without the ``fast`` extra); the message says so.
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class Server:
         self.config = config if config is not None else Config()
         self.ssl_context = ssl_context
         self._trust = TrustedPeers(self.config.forwarded_allow_ips)
+        # The build of h11 this server's connections run on, loaded once (_engines).
+        self._engine = load_engine(self.config.http)
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._tracker = ConnectionTracker()
         self._serving = False
@@ -85,6 +92,12 @@ class Server:
         # around the lifespan. One is registered before forcing or gets cancelled as
         # it registers (see _cancel_when_forced).
         self._hard_stops: list[trio.CancelScope] = []
+
+    @property
+    def http_engine(self) -> str:
+        """The HTTP/1.1 engine serving, with its version: ``"h11-mypyc 0.17.0"`` or
+        ``"h11 0.16.0"`` (``Config.http`` chose it; ``"auto"`` is resolved here)."""
+        return str(self._engine)
 
     @property
     def ports(self) -> list[int]:
@@ -201,7 +214,9 @@ class Server:
             )
         config = self.config
         ends = ends_of(stream, config, self._trust, client=client, server=server, scheme=scheme)
-        connection = HTTPConnection(stream, self.handler, config, self._tracker, ends, self._trust)
+        connection = HTTPConnection(
+            stream, self.handler, config, self._tracker, ends, self._trust, self._engine
+        )
         await connection.serve()
 
     def _begin_shutdown(self, *, force: bool = False, restart: bool = False) -> None:
@@ -322,6 +337,8 @@ async def serve(
         trio.run(trioserve.serve, handler, 8000)
 
     Raises:
+        ImportError: ``config.http`` names an HTTP engine that is not installed,
+            before anything is bound.
         OSError: the port cannot be bound (in use, or permission denied).
         StartupError: ``lifespan`` failed on entry.
     """
