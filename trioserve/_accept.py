@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import errno
 import socket as stdlib_socket
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -27,6 +27,9 @@ from ._config import Config
 from ._listeners import UnixSocketListener
 from ._logging import error_logger
 from ._tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from ._connection import HTTPConnection
 
 __all__ = ["ACCEPT_BACKOFF", "ACCEPT_BATCH", "Acceptor"]
 
@@ -47,25 +50,23 @@ class Acceptor:
         config: for ``max_connections``.
         tracker: the server's view of its connections (open, idle, evictable).
         connections: the nursery every connection task runs in.
-        serve_connection: serves one accepted stream until it closes.
+        connection: makes the connection for an accepted stream (counted open at once),
+            whose ``serve`` serves it until it closes.
     """
 
-    __slots__ = ("_config", "_connections", "_serve_connection", "_starting", "_tracker")
+    __slots__ = ("_config", "_connection", "_connections", "_tracker")
 
     def __init__(
         self,
         config: Config,
         tracker: ConnectionTracker,
         connections: trio.Nursery,
-        serve_connection: Callable[[trio.abc.Stream], Awaitable[None]],
+        connection: Callable[[trio.abc.Stream], HTTPConnection],
     ) -> None:
         self._config = config
         self._tracker = tracker
         self._connections = connections
-        self._serve_connection = serve_connection
-        # Connections accepted whose task has not started yet (it counts itself open
-        # when it starts): counted against max_connections.
-        self._starting = 0
+        self._connection = connection
 
     async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         """Accept from ``listener`` until cancelled, each connection into the nursery."""
@@ -118,16 +119,13 @@ class Acceptor:
             raw.close()
 
     def _start_connection(self, stream: trio.abc.Stream) -> None:
-        self._starting += 1
-        self._connections.start_soon(self._serve_accepted, stream)
-
-    async def _serve_accepted(self, stream: trio.abc.Stream) -> None:
-        # No checkpoint between here and the connection counting itself open.
-        self._starting -= 1
-        await self._serve_connection(stream)
+        # The task is the connection's serve(), no wrapper: a frame less for as long
+        # as the connection lives. Its helper tasks run in the same nursery (_tasks).
+        connections = self._connections
+        connections.start_soon(self._connection(stream).serve, connections)
 
     def _open_count(self) -> int:
-        return self._tracker.counters.connections_open + self._starting
+        return self._tracker.counters.connections_open
 
     async def _wait_for_room(self) -> None:
         """Return once a new connection fits under ``max_connections``.

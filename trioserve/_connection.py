@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn
 
 import trio
@@ -70,6 +69,8 @@ from ._logging import access_logger, error_logger, log_access, log_refusal
 from ._opening import Ends, forward, open_tls, read_proxy
 from ._request import Request, TLSInfo
 from ._response import Response
+from ._socketio import io_for
+from ._tasks import ConnectionTasks, Task
 from ._tracker import ConnectionTracker
 from ._upgrade import end_websocket, refuse_handshake, upgrade_not_taken
 
@@ -77,7 +78,6 @@ __all__ = ["HTTPConnection"]
 
 _debug_enabled = error_logger.isEnabledFor
 _INF: Final = float("inf")
-_Task = Callable[[trio.CancelScope, trio.Event], Awaitable[None]]
 
 
 class Phase(enum.Enum):
@@ -107,6 +107,7 @@ class HTTPConnection:
         "_deadline",
         "_ends",
         "_evicted",
+        "_failed",
         "_handler",
         "_last",
         "_late",
@@ -114,6 +115,7 @@ class HTTPConnection:
         "_owed",
         "_phase",
         "_served",
+        "_tasks",
         "_tls",
         "_tracker",
         "_trust",
@@ -122,6 +124,7 @@ class HTTPConnection:
         "client",
         "config",
         "counters",
+        "io",
         "peer_eof",
         "proto",
         "response_open",
@@ -142,6 +145,7 @@ class HTTPConnection:
     ) -> None:
         # Shared with the exchange (``_exchange``), which reads the body and watches.
         self.stream = stream
+        self.io = io_for(stream)  # reads and writes go through it (see _socketio)
         self.config = config
         self.counters = tracker.counters
         self.proto = HTTP11Protocol(config, engine)
@@ -150,6 +154,9 @@ class HTTPConnection:
         self.peer_eof = False  # the client sent EOF, or the connection broke
         self._handler = handler
         self._tracker = tracker
+        # Open from here (max_connections counts it before its task starts): the
+        # caller must run serve(), which counts it closed however it ends.
+        tracker.connection_opened()
         self.client = ends.client
         self._ends = ends
         self._trust = trust
@@ -164,7 +171,9 @@ class HTTPConnection:
         # Adapters whose applications learn of a vanished client their own way (ASGI's
         # http.disconnect) set ``watch_disconnect = False``: a watcher only when asked.
         self._watch = watches_disconnect(handler)
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # for helper tasks: see _tasks
+        self._tasks: ConnectionTasks | None = None  # made when the first one starts
+        self._failed = False  # a helper task failed: abort
         # A 100 Continue owed (rule 5), and the event of its write by the reader task.
         self._owed = b""
         self._continue_sending: trio.Event | None = None
@@ -173,35 +182,40 @@ class HTTPConnection:
 
     # --- The connection loop -----------------------------------------------------------
 
-    async def serve(self) -> None:
+    async def serve(self, nursery: trio.Nursery | None = None) -> None:
         """Serve requests until the connection ends; always closes the stream.
 
+        ``nursery`` runs the connection's helper tasks (see ``_tasks``); it must
+        outlive this call. None: a nursery of its own (a kilobyte more while it lasts).
         Never raises for anything a client does; lets cancellation propagate.
         """
+        if nursery is None:
+            async with trio.open_nursery() as own:
+                await self.serve(own)
+            return
         tracker = self._tracker
-        tracker.connection_opened()
+        self._nursery = nursery
         self.task = trio.lowlevel.current_task()
         graceful = aborted = finished = False
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    while True:
-                        with trio.CancelScope() as self.scope:
-                            graceful = await self._serve_requests()
-                        if self.scope.cancelled_caught:
-                            graceful = await self._scope_fired()
-                        elif self._late:
-                            continue  # a request came as the idle wait ended: serve it
-                        break
-                except Abort:
-                    aborted = True
-                except Exception:
-                    # A bug of ours must cost one connection, never the server.
-                    aborted = True
-                    error_logger.exception("internal error serving %s", self.client)
-                finally:
-                    nursery.cancel_scope.cancel()
+            try:
+                while True:
+                    with trio.CancelScope() as self.scope:
+                        graceful = await self._serve_requests()
+                    if self.scope.cancelled_caught:
+                        graceful = await self._scope_fired()
+                    elif self._late:
+                        continue  # a request came as the idle wait ended: serve it
+                    break
+            except Abort:
+                aborted = True
+            except Exception:
+                # A bug of ours must cost one connection, never the server.
+                aborted = True
+                error_logger.exception("internal error serving %s", self.client)
+            finally:
+                if self._tasks is not None:
+                    await self._tasks.stop()
             finished = True
             if aborted:
                 self.counters.connections_aborted += 1
@@ -219,6 +233,8 @@ class HTTPConnection:
         Returns True if a response was sent (close gracefully); raises Abort to cut
         the connection off.
         """
+        if self._failed:
+            raise Abort
         phase = self._phase
         current = self._current
         if current is not None and current.gone:
@@ -268,9 +284,9 @@ class HTTPConnection:
                 return False
             self._served += 1
             last = self._served >= config.max_requests_per_connection or self._last
-            if not await self._exchange(head, last=last):
-                return True
-            if not proto.start_next_cycle():
+            kept = await self._exchange(head, last=last)
+            head = None  # not held through the idle wait (a browser's is kilobytes)
+            if not kept or not proto.start_next_cycle():
                 return True
             deadline = trio.current_time() + config.keep_alive_timeout
 
@@ -298,6 +314,7 @@ class HTTPConnection:
                 opened = await open_tls(self.stream, ends, self.counters)
                 if opened is True:  # answered in plain HTTP: linger on the socket itself
                     self.stream = self.stream.transport_stream
+                    self.io = io_for(self.stream)
                 if not isinstance(opened, TLSInfo):
                     return opened
                 self._tls = opened
@@ -331,7 +348,7 @@ class HTTPConnection:
                     if not first:
                         self.scope.deadline = trio.current_time() + self.config.header_timeout
                 while head is HEAD_INCOMPLETE:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    data = await self.io.receive_some(RECEIVE_SIZE)
                     if self.scope.cancel_called:
                         # The deadline passed as the bytes came: too late all the same.
                         # Deliver the cancellation now, in the _HEAD phase (408).
@@ -366,7 +383,7 @@ class HTTPConnection:
         try:
             # Still idle until a byte of a request line comes: empty lines before it
             # are dropped as they arrive (RFC 9112 2.2), and the deadline stays.
-            while data := await self.stream.receive_some(RECEIVE_SIZE):
+            while data := await self.io.receive_some(RECEIVE_SIZE):
                 proto.receive_data(data)
                 if proto.has_partial_request:
                     break
@@ -484,10 +501,17 @@ class HTTPConnection:
         if self._current is not None:
             self._current.client_left()
 
-    def start_soon(self, task: _Task, scope: trio.CancelScope, done: trio.Event) -> None:
+    def start_soon(self, task: Task, scope: trio.CancelScope, done: trio.Event) -> None:
         """Start a task of the connection's (a reader, the watcher, a WebSocket's)."""
-        assert self._nursery is not None
-        self._nursery.start_soon(task, scope, done)
+        if self._tasks is None:
+            assert self._nursery is not None
+            self._tasks = ConnectionTasks(self._nursery, self._task_failed)
+        self._tasks.start_soon(task, scope, done)
+
+    def _task_failed(self) -> None:
+        # A helper's bug (logged by ConnectionTasks): it costs this connection.
+        self._failed = True
+        self.scope.cancel()
 
     # --- 100 Continue (rule 5) -----------------------------------------------------------
 
@@ -505,7 +529,7 @@ class HTTPConnection:
         sending = self._continue_sending = trio.Event()
         try:
             with trio.move_on_after(self.config.write_timeout) as scope:
-                await self.stream.send_all(data)
+                await self.io.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._write_cut_short()
             raise ClientDisconnected("connection lost before 100 Continue") from exc
@@ -546,12 +570,12 @@ class HTTPConnection:
                 await data.send(self.stream, scope, timeout)
             elif len(data) <= WRITE_CHUNK:
                 scope.deadline = trio.current_time() + timeout
-                await self.stream.send_all(data)
+                await self.io.send_all(data)
             else:
                 view = memoryview(data)
                 for offset in range(0, len(view), WRITE_CHUNK):
                     scope.deadline = trio.current_time() + timeout
-                    await self.stream.send_all(view[offset : offset + WRITE_CHUNK])
+                    await self.io.send_all(view[offset : offset + WRITE_CHUNK])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.proto.send_failed()
             self.counters.client_disconnects += 1
@@ -572,7 +596,7 @@ class HTTPConnection:
             raise Abort
         if owed := self._owed:
             self._owed = b""
-            await self.stream.send_all(owed)
+            await self.io.send_all(owed)
 
     def _write_timed_out(self) -> NoReturn:
         self.proto.send_failed()

@@ -254,7 +254,7 @@ class Exchange:
     async def _watch(self, scope: trio.CancelScope, done: trio.Event) -> None:
         connection = self._connection
         proto = connection.proto
-        receive_some = connection.stream.receive_some
+        receive_some = connection.io.receive_some
         limit = connection.config.max_header_size
         buffered = 0
         try:
@@ -415,7 +415,7 @@ class Exchange:
             allowed = min(allowed, earned - self._body_waited)
         try:
             with trio.CancelScope(deadline=now + max(allowed, 0.0)) as scope:
-                data = await connection.stream.receive_some(BODY_RECEIVE_SIZE)
+                data = await connection.io.receive_some(BODY_RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             connection.peer_gone()
             raise ClientDisconnected("connection lost mid-body") from exc

@@ -156,7 +156,7 @@ class Server:
                 self._cancel_when_forced(connections.cancel_scope)
                 try:
                     async with trio.open_nursery() as acceptors:
-                        accept = Acceptor(self.config, tracker, connections, self.serve_connection)
+                        accept = Acceptor(self.config, tracker, connections, self._connection)
                         for listener in self.listeners:
                             acceptors.start_soon(accept.serve_listener, listener)
                         task_status.started(self)
@@ -206,6 +206,17 @@ class Server:
 
         Error handling: never raises for anything the client does.
         """
+        await self._connection(stream, client=client, server=server, scheme=scheme).serve()
+
+    def _connection(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        scheme: str = "http",
+    ) -> HTTPConnection:
+        """The connection for ``stream`` (counted open): its ``serve()`` must run."""
         if self.ssl_context is not None and not isinstance(stream, trio.SSLStream):
             # https_compatible: a client that leaves without close_notify is an
             # ordinary EOF (as every browser does), and closing does not wait for one.
@@ -214,10 +225,9 @@ class Server:
             )
         config = self.config
         ends = ends_of(stream, config, self._trust, client=client, server=server, scheme=scheme)
-        connection = HTTPConnection(
+        return HTTPConnection(
             stream, self.handler, config, self._tracker, ends, self._trust, self._engine
         )
-        await connection.serve()
 
     def _begin_shutdown(self, *, force: bool = False, restart: bool = False) -> None:
         # First, so the cut-off connections are counted.

@@ -145,7 +145,7 @@ async def accept(
     data = proto.switch_protocols(fields)
     try:
         with trio.move_on_after(config.write_timeout) as scope:
-            await connection.stream.send_all(data)
+            await connection.io.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         connection._write_cut_short()
         raise ClientDisconnected("connection lost before the 101") from exc
