@@ -42,7 +42,9 @@ Rules for this module:
    the shutdown cut-off of a response in progress. Once the end of a response is on
    the wire, a failure to close its body is logged and the connection goes on.
 5. Only this module, ``_exchange`` and ``_closing`` touch the stream (``sendfile``
-   through ``send``), from the connection's own tasks, never two in one direction.
+   through ``send``; on a plain socket reads and writes go through ``self.io``, see
+   ``_socketio``), from the connection's own tasks (helpers run by ``_tasks``), never
+   two in one direction.
    A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written by
    the exchange's reader task or this task's next write, never under a handler's scope.
 """
