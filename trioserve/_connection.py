@@ -1,33 +1,12 @@
 """One task per connection: the only code that reads or writes a client's stream.
 
 Rules for this module:
-1. Each phase of a connection runs under a deadline that governs exactly that phase
-   (Config says how long):
-
-   ====================  ==========================================  ===============
-   phase                 deadline                                    on expiry
-   ====================  ==========================================  ===============
-   PROXY header          accept + header_timeout                     close quietly
-   TLS handshake         accept + handshake_timeout                  close quietly
-   idle, first request   accept + header_timeout                     close quietly
-   idle, kept alive      end of last response + keep_alive_timeout   close quietly
-   request head          first byte (accept, for the first request)  408, close
-                         + header_timeout, never reset by progress
-   request body          body_timeout without a byte, or the         408 (raised
-                         minimum average rate after the grace        into the
-                                                                     handler), close
-   writing               write_timeout without progress              abort
-   ====================  ==========================================  ===============
-
-   Over TLS the first request's deadlines run from the end of the handshake. The
-   PROXY header and handshake (``_opening``) are idle for shutdown and eviction. So
-   are empty lines (RFC 9112 2.2). A request whose bytes were in hand when an idle
-   wait ended (deadline, shutdown, eviction) is served: it came by then, and its
-   client cannot tell. The handler itself has no deadline: it is the application's.
-   The phases of the connection task share one cancel scope whose deadline is moved
-   from phase to phase (a new scope per read or write costs three times as much);
-   ``self._phase`` says, when the scope fires, which deadline it was. Body reads,
-   which handlers may do from other tasks, get a scope of their own.
+1. Each phase of a connection runs under the deadline ``_phases`` names for it (its
+   table is the whole story). The phases of the connection task share one cancel
+   scope whose deadline is moved from phase to phase (a new scope per read or write
+   costs three times as much); ``self._phase`` says, when the scope fires, which
+   deadline it was. Body reads, which handlers may do from other tasks, get a scope
+   of their own.
 2. Nothing here is shielded from cancellation, so shutdown and deadlines act even
    while a send is stuck on a client that does not read.
 3. The handler runs in this task (no task per request); the exchange with it (the
@@ -51,7 +30,6 @@ Rules for this module:
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Final, NoReturn
 
@@ -69,6 +47,7 @@ from ._headers import Headers
 from ._http11 import HEAD_INCOMPLETE, HTTP11Protocol, RequestHead
 from ._logging import access_logger, error_logger, log_access, log_refusal
 from ._opening import Ends, forward, open_tls, read_proxy
+from ._phases import HANDLER, HEAD, IDLE, WRITE, Phase
 from ._request import Request, TLSInfo
 from ._response import Response
 from ._socketio import io_for
@@ -80,24 +59,6 @@ __all__ = ["HTTPConnection"]
 
 _debug_enabled = error_logger.isEnabledFor
 _INF: Final = float("inf")
-
-
-class Phase(enum.Enum):
-    """What the connection task is doing, so that when its scope fires we know why."""
-
-    PROXY_HEADER = "reading a PROXY protocol header"  # deadline: close quietly
-    HANDSHAKE = "in the TLS handshake"  # deadline: close quietly
-    IDLE = "waiting for a request's first bytes"  # tracker may cancel: close quietly
-    HEAD = "receiving the rest of a request head"  # deadline: 408
-    HANDLER = "running the handler or a streamed body"  # no deadline
-    WRITE = "writing"  # deadline: abort
-
-
-# Module-level names for the hot path (a global lookup, not a class attribute one).
-_IDLE: Final = Phase.IDLE
-_HEAD: Final = Phase.HEAD
-_HANDLER: Final = Phase.HANDLER
-_WRITE: Final = Phase.WRITE
 
 
 class HTTPConnection:
@@ -169,7 +130,7 @@ class HTTPConnection:
         # A request came as the idle wait was cancelled: serve it in a fresh scope.
         self._late = self._last = False
         self._deadline = _INF  # the deadline of that wait
-        self._phase = _IDLE
+        self._phase = IDLE
         # Adapters whose applications learn of a vanished client their own way (ASGI's
         # http.disconnect) set ``watch_disconnect = False``: a watcher only when asked.
         self._watch = watches_disconnect(handler)
@@ -242,10 +203,10 @@ class HTTPConnection:
         if current is not None and current.gone:
             current.count_client_gone()
             raise Abort
-        if phase is _IDLE or phase is Phase.HANDSHAKE or phase is Phase.PROXY_HEADER:
+        if phase is IDLE or phase is Phase.HANDSHAKE or phase is Phase.PROXY_HEADER:
             self._count_idle_timeout()  # or closed for a shutdown or an eviction
             return False
-        if phase == _HEAD:
+        if phase == HEAD:
             self.counters.count_refusal(408)
             with trio.CancelScope() as self.scope:  # a fresh scope for the answer
                 await self._send_error(408)
@@ -254,9 +215,9 @@ class HTTPConnection:
             if access_logger.isEnabledFor(logging.INFO):
                 log_refusal(self._ends.label, 408)
             return True
-        if phase == _WRITE:
+        if phase == WRITE:
             self._write_timed_out()
-        # Only the watcher (above) cancels a _HANDLER phase: a bug of ours if here.
+        # Only the watcher (above) cancels a HANDLER phase: a bug of ours if here.
         raise AssertionError(f"connection scope fired in phase {phase}")
 
     async def _serve_requests(self) -> bool:
@@ -346,14 +307,14 @@ class HTTPConnection:
                 # deadline already is accept + header_timeout), and from the first
                 # byte for later ones. Progress never extends it (slowloris).
                 if head is HEAD_INCOMPLETE:
-                    self._phase = _HEAD
+                    self._phase = HEAD
                     if not first:
                         self.scope.deadline = trio.current_time() + self.config.header_timeout
                 while head is HEAD_INCOMPLETE:
                     data = await self.io.receive_some(RECEIVE_SIZE)
                     if self.scope.cancel_called:
                         # The deadline passed as the bytes came: too late all the same.
-                        # Deliver the cancellation now, in the _HEAD phase (408).
+                        # Deliver the cancellation now, in the HEAD phase (408).
                         await trio.lowlevel.checkpoint()
                     if not data:
                         return None  # closed mid-head: nobody to answer
@@ -378,7 +339,7 @@ class HTTPConnection:
         """
         tracker = self._tracker
         scope = self.scope
-        self._phase = _IDLE
+        self._phase = IDLE
         scope.deadline = deadline
         proto = self.proto
         tracker.enter_idle(scope, new=self._served == 0)
@@ -448,7 +409,7 @@ class HTTPConnection:
 
     async def _respond(self, request: Request, exchange: Exchange, *, last: bool) -> bool:
         started = trio.current_time()
-        self._phase = _HANDLER
+        self._phase = HANDLER
         if (websocket := request.is_websocket) and await refuse_handshake(self, request, started):
             return False
         try:
@@ -555,7 +516,7 @@ class HTTPConnection:
     # --- Sending -------------------------------------------------------------------------
 
     async def send(self, data: bytes | FileRange) -> None:
-        """Write under the write deadline (the connection scope, in the _WRITE phase).
+        """Write under the write deadline (the connection scope, in the WRITE phase).
 
         Large data goes in WRITE_CHUNK pieces, a file range by ``sendfile``, each with a
         fresh deadline. A broken client aborts; a stuck one fires the scope (_scope_fired).
@@ -563,7 +524,7 @@ class HTTPConnection:
         scope = self.scope
         timeout = self.config.write_timeout
         phase = self._phase
-        self._phase = _WRITE
+        self._phase = WRITE
         try:
             if self._owed or self._continue_sending is not None or self._write_failed:
                 scope.deadline = trio.current_time() + timeout
@@ -586,7 +547,7 @@ class HTTPConnection:
             raise Abort from None
         if scope.cancel_called:
             # The deadline passed as the last bytes went out (send_all does not look
-            # after its last send): deliver it now, in the _WRITE phase, not the next.
+            # after its last send): deliver it now, in the WRITE phase, not the next.
             await trio.lowlevel.checkpoint()
         self._phase = phase
 
