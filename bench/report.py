@@ -4,7 +4,18 @@ from collections.abc import Callable, Sequence
 
 from results import Results
 from scenarios import WS_MESSAGES
-from servers import ECHO, IDLE, SLOWLORIS, THROUGHPUT, WEBSOCKET, ServerSpec
+from servers import (
+    ECHO,
+    ENGINES,
+    FAST_ENGINE,
+    IDLE,
+    PURE_H11,
+    SLOWLORIS,
+    THROUGHPUT,
+    WEBSOCKET,
+    Engine,
+    ServerSpec,
+)
 
 RAW_SERVER = "trio-raw"
 MISSING = "—"
@@ -21,7 +32,7 @@ def markdown(results: Results, servers: Sequence[ServerSpec], concurrencies: Seq
         return [spec for spec in servers if spec.scenarios & wanted]
 
     load = running(THROUGHPUT, ECHO)
-    sections = [_header(results)]
+    sections = [_header(results, running(*ran))]
     if THROUGHPUT in ran:
         sections += [
             _throughput(results, running(THROUGHPUT), concurrencies),
@@ -30,7 +41,7 @@ def markdown(results: Results, servers: Sequence[ServerSpec], concurrencies: Seq
     if load:
         sections.append(_peer_ratios(results, load, concurrencies))
     if THROUGHPUT in ran:
-        sections.append(_limits(results, concurrencies))
+        sections.append(_limits(results, running(THROUGHPUT), concurrencies))
     sections += [
         _echo(results, running(ECHO)),
         _websocket(results, running(WEBSOCKET)),
@@ -43,15 +54,21 @@ def markdown(results: Results, servers: Sequence[ServerSpec], concurrencies: Seq
     return "\n\n".join(section for section in sections if section) + "\n"
 
 
-def _header(results: Results) -> str:
+def _header(results: Results, servers: Sequence[ServerSpec]) -> str:
     meta = results.meta
     versions = ", ".join(f"{name} {version}" for name, version in meta.versions.items())
+    engines = "; ".join(
+        f"{engine} for {', '.join(spec.name for spec in servers if spec.engine == engine)}"
+        for engine in (FAST_ENGINE, PURE_H11)
+        if any(spec.engine == engine for spec in servers)
+    )
     return (
         f"Command: `{meta.command}`  \n"
         f"Date: {meta.date}; CPU: {meta.cpu}; server pinned to CPU {meta.server_cpu}, "
         f"wrk and clients to CPU {meta.load_cpu}; medians of {meta.repetitions} "
         f"interleaved repetition(s) of {meta.seconds} s each.  \n"
-        f"Versions: {versions}."
+        + (f"trioserve's HTTP engine (`--http`): {engines}.  \n" if engines else "")
+        + f"Versions: {versions}."
     )
 
 
@@ -91,30 +108,55 @@ def _throughput(
         return [f"{value} ({latency})" for value, latency in zip(rps, p99, strict=True)]
 
     rows = _rows(results, servers, cells)
-    rows.append(["*trio + h11 limit*", *(_limit_cells(results, concurrencies))])
+    rows += [
+        [f"*{_limit_name(engine)}*", *_limit_cells(results, concurrencies, engine)]
+        for engine in _limit_engines(results, servers)
+    ]
     title = "Throughput, `GET /` → `Hello, world!`: req/s (p99 latency)"
     return _section(title, ["server", *_columns(concurrencies)], rows)
 
 
-def _limit_cells(results: Results, concurrencies: Sequence[int]) -> list[str]:
-    return [_rps(results.limit_rps(RAW_SERVER, c)) for c in concurrencies]
+def _limit_engines(results: Results, servers: Sequence[ServerSpec]) -> list[Engine]:
+    """The builds of h11 whose limit the report shows: those the servers are compared
+    with and those measured, pure h11 at least."""
+    used = {spec.limit_engine for spec in servers if spec.kind != "limit"}
+    used |= set(results.h11_us) | {PURE_H11}
+    return [engine for engine in ENGINES if engine in used]
+
+
+def _limit_name(engine: Engine) -> str:
+    return f"trio + {engine} limit"
+
+
+def _limit_cells(results: Results, concurrencies: Sequence[int], engine: Engine) -> list[str]:
+    return [_rps(results.limit_rps(RAW_SERVER, c, engine)) for c in concurrencies]
 
 
 def _limit_ratios(
     results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]
 ) -> str:
+    engines = {spec.name: spec.limit_engine for spec in servers}
+
     def cells(name: str) -> list[str] | None:
         if name not in results.throughput:
             return None
-        limits = [results.limit_rps(RAW_SERVER, c) for c in concurrencies]
+        engine = engines[name]
+        limits = [results.limit_rps(RAW_SERVER, c, engine) for c in concurrencies]
         return [
-            _ratio(results.median_rps(name, c), limit)
-            for c, limit in zip(concurrencies, limits, strict=True)
+            engine,
+            *(
+                _ratio(results.median_rps(name, c), limit)
+                for c, limit in zip(concurrencies, limits, strict=True)
+            ),
         ]
 
     measured = [spec for spec in servers if spec.kind != "limit"]
-    title = "Ratio to the trio + h11 limit (1.00x = as fast as the limit)"
-    return _section(title, ["server", *_columns(concurrencies)], _rows(results, measured, cells))
+    title = (
+        "Ratio to the limit with the server's engine (1.00x = as fast as that limit;"
+        " the peers: the pure h11 one)"
+    )
+    headers = ["server", "limit with", *_columns(concurrencies)]
+    return _section(title, headers, _rows(results, measured, cells))
 
 
 def _peer_ratios(
@@ -135,24 +177,33 @@ def _peer_ratios(
             ),
             _ratio(results.median_echo_rps(subject), results.median_echo_rps(peer)),
         ]
+        for peer in peers  # by peer: each peer's rows list every trioserve server
         for subject in subjects
-        for peer in peers
     ]
     return _section(title, ["ratio", *_columns(concurrencies), "1 MiB echo"], rows)
 
 
-def _limits(results: Results, concurrencies: Sequence[int]) -> str:
-    h11_us = results.best_h11_us()
+def _limits(results: Results, servers: Sequence[ServerSpec], concurrencies: Sequence[int]) -> str:
+    engines = _limit_engines(results, servers)
     raw_us = [results.best_rps(RAW_SERVER, c) for c in concurrencies]
     rows = [
-        ["h11 in memory, µs per request", *[_us(h11_us) for _ in concurrencies]],
         [
-            "raw trio socket loop, µs per request",
-            *[_us(_per_request_us(rps)) for rps in raw_us],
-        ],
-        ["trio + h11 limit, req/s", *_limit_cells(results, concurrencies)],
+            f"{engine} in memory, µs per request",
+            *[_us(results.best_h11_us(engine))] * len(concurrencies),
+        ]
+        for engine in engines
     ]
-    title = "The two limits, best repetition (limit = 10⁶ / (h11 µs + raw trio loop µs))"
+    rows.append(
+        ["raw trio socket loop, µs per request", *[_us(_per_request_us(rps)) for rps in raw_us]]
+    )
+    rows += [
+        [f"{_limit_name(engine)}, req/s", *_limit_cells(results, concurrencies, engine)]
+        for engine in engines
+    ]
+    title = (
+        "The limits, one per engine, best repetition"
+        " (limit = 10⁶ / (the engine's h11 µs + raw trio loop µs))"
+    )
     return _section(title, ["", *_columns(concurrencies)], rows)
 
 

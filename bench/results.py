@@ -34,7 +34,9 @@ class Results:
     """Raw measurements of one run, keyed by server name."""
 
     meta: RunInfo
-    h11_us: list[float] = field(default_factory=list)
+    #: engine ("h11", "h11-mypyc") -> h11's in-memory cost per request on that build,
+    #: one per repetition
+    h11_us: dict[str, list[float]] = field(default_factory=dict)
     throughput: dict[str, dict[int, list[WrkResult]]] = field(default_factory=dict)
     echo: dict[str, list[WrkResult]] = field(default_factory=dict)
     idle: dict[str, IdleResult] = field(default_factory=dict)
@@ -44,6 +46,10 @@ class Results:
     #: server -> message label -> why the client failed (the server kept running)
     websocket_errors: dict[str, dict[str, str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+
+    def add_h11_costs(self, costs: dict[str, float]) -> None:
+        for engine, cost in costs.items():
+            self.h11_us.setdefault(engine, []).append(cost)
 
     def add_throughput(self, server: str, connections: int, result: WrkResult) -> None:
         self.throughput.setdefault(server, {}).setdefault(connections, []).append(result)
@@ -83,18 +89,19 @@ class Results:
     def median_echo_p99_ms(self, server: str) -> float | None:
         return median(run.p99_ms for run in self.echo.get(server, []))
 
-    def best_h11_us(self) -> float | None:
-        return min(self.h11_us, default=None)
+    def best_h11_us(self, engine: str) -> float | None:
+        return min(self.h11_us.get(engine, []), default=None)
 
     def best_rps(self, server: str, connections: int) -> float | None:
         runs = self.throughput.get(server, {}).get(connections, [])
         return max((run.requests_per_second for run in runs), default=None)
 
-    def limit_rps(self, raw_server: str, connections: int) -> float | None:
-        """The trio + h11 limit at this concurrency, in req/s: h11's in-memory cost
-        plus the raw trio loop's cost per request, each from its best repetition
-        (a limit is what is possible; noise only ever slows it down)."""
-        h11_us = self.best_h11_us()
+    def limit_rps(self, raw_server: str, connections: int, engine: str) -> float | None:
+        """The trio + h11 limit at this concurrency with the build of h11 ``engine``
+        names, in req/s: that build's in-memory cost plus the raw trio loop's cost per
+        request, each from its best repetition (a limit is what is possible; noise
+        only ever slows it down)."""
+        h11_us = self.best_h11_us(engine)
         raw_rps = self.best_rps(raw_server, connections)
         if h11_us is None or not raw_rps:
             return None

@@ -6,7 +6,7 @@ runs the throughput and echo scenarios in interleaved repetitions (A B C A B C
 slowloris latency, and writes bench/results/latest.json, bench/results/latest.md
 and bench/results/chart.png. See bench/README.md.
 
-Usage: ``python bench/run.py`` (about 13 minutes) or ``python bench/run.py --quick``
+Usage: ``python bench/run.py`` (about 16 minutes) or ``python bench/run.py --quick``
 """
 
 import argparse
@@ -48,8 +48,8 @@ from ws_client import WsClientError
 
 RESULTS_DIR = BENCH / "results"
 VERSIONED = (
-    "trioserve", "trio", "h11", "wsproto", "hypercorn", "uvicorn", "httptools", "uvloop",
-    "websockets",
+    "trioserve", "trio", "h11", "h11-mypyc", "wsproto", "hypercorn", "uvicorn", "httptools",
+    "uvloop", "websockets",
 )  # fmt: skip
 
 
@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 3.5 minutes)")
     parser.add_argument(
         "--servers",
         nargs="+",
@@ -191,8 +191,10 @@ def _measure_h11(settings: Settings, results: Results) -> None:
     if THROUGHPUT not in settings.scenarios:
         return
     for _ in range(settings.repetitions):
-        results.h11_us.append(scenarios.h11_cost_us(settings.h11_requests))
-    _progress(f"h11 in memory: {results.best_h11_us():.1f} µs per request (best)")
+        results.add_h11_costs(scenarios.h11_cost_us(settings.h11_requests))
+    for engine in results.h11_us:
+        best = results.best_h11_us(engine)
+        _progress(f"{engine} in memory: {best:.1f} µs per request (best)")
 
 
 def _load_phase(settings: Settings, results: Results) -> None:

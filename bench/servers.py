@@ -39,6 +39,11 @@ ALL_SCENARIOS = HTTP_SCENARIOS | {WEBSOCKET}
 WS_PING_SECONDS = "3600"
 
 Kind = Literal["trioserve", "peer", "limit"]
+#: trioserve's HTTP engines (``--http``), and so the builds of h11 a limit is computed with.
+Engine = Literal["h11", "h11-mypyc"]
+PURE_H11: Engine = "h11"
+FAST_ENGINE: Engine = "h11-mypyc"
+ENGINES: tuple[Engine, ...] = (PURE_H11, FAST_ENGINE)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ class ServerSpec:
     kind: Kind
     command: Callable[[int], list[str]]
     scenarios: frozenset[str] = ALL_SCENARIOS
+    #: trioserve's HTTP engine, passed as ``--http``; None for the other servers.
+    engine: Engine | None = None
+
+    @property
+    def limit_engine(self) -> Engine:
+        """The build of h11 whose limit this server is compared with: trioserve's own
+        engine; pure h11 for the others (the peers that parse with h11 use pure h11;
+        uvicorn-httptools, which uses neither, is compared with it too)."""
+        return self.engine or PURE_H11
 
 
 class ServerUnavailable(RuntimeError):
@@ -110,9 +124,14 @@ def _script(path: Path, *args: str) -> Callable[[int], list[str]]:
     return lambda port: _python(str(path), *args, "--port", str(port))
 
 
-def _trioserve_asgi(loop: str = "trio") -> Callable[[int], list[str]]:
+def _trioserve_native(engine: Engine) -> Callable[[int], list[str]]:
+    return _script(APPS / "native_app.py", "--keep-alive", KEEP_ALIVE_SECONDS, "--http", engine)
+
+
+def _trioserve_asgi(engine: Engine, loop: str = "trio") -> Callable[[int], list[str]]:
     def command(port: int) -> list[str]:
-        flags = ["--interface", "asgi", "--loop", loop, *_bind_flags(port), "--no-access-log"]
+        flags = ["--interface", "asgi", "--loop", loop, "--http", engine, *_bind_flags(port)]
+        flags += ["--no-access-log"]
         flags += ["--no-ws-per-message-deflate", "--ws-ping-interval", "inf"]
         return _python("-m", "trioserve", ASGI_APP, *flags)
 
@@ -128,29 +147,50 @@ def _hypercorn_trio(port: int) -> list[str]:
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec(
         "trioserve",
-        "trioserve, native handler",
+        "trioserve, native handler, --http h11-mypyc",
         "trioserve",
-        _script(APPS / "native_app.py", "--keep-alive", KEEP_ALIVE_SECONDS),
+        _trioserve_native(FAST_ENGINE),
+        engine=FAST_ENGINE,
+    ),
+    ServerSpec(
+        "trioserve-h11",
+        "trioserve, native handler, --http h11 (pure Python)",
+        "trioserve",
+        _trioserve_native(PURE_H11),
+        HTTP_SCENARIOS,
+        engine=PURE_H11,
     ),
     ServerSpec(
         "trioserve-asgi",
-        "trioserve, ASGI app (python -m trioserve --interface asgi)",
+        "trioserve, ASGI app (python -m trioserve --interface asgi), --http h11-mypyc",
         "trioserve",
-        _trioserve_asgi(),
+        _trioserve_asgi(FAST_ENGINE),
+        engine=FAST_ENGINE,
+    ),
+    ServerSpec(
+        "trioserve-asgi-h11",
+        "trioserve, ASGI app (python -m trioserve --interface asgi), --http h11 (pure Python)",
+        "trioserve",
+        _trioserve_asgi(PURE_H11),
+        HTTP_SCENARIOS,
+        engine=PURE_H11,
     ),
     ServerSpec(
         "trioserve-asgi-asyncio",
-        "trioserve, ASGI app, --loop asyncio (the server as asyncio's trio guest)",
+        "trioserve, ASGI app, --loop asyncio (the server as asyncio's trio guest), "
+        "--http h11-mypyc",
         "trioserve",
-        _trioserve_asgi("asyncio"),
+        _trioserve_asgi(FAST_ENGINE, "asyncio"),
         HTTP_SCENARIOS,
+        engine=FAST_ENGINE,
     ),
     ServerSpec(
         "trioserve-asgi-uvloop",
-        "trioserve, ASGI app, --loop uvloop",
+        "trioserve, ASGI app, --loop uvloop, --http h11-mypyc",
         "trioserve",
-        _trioserve_asgi("uvloop"),
+        _trioserve_asgi(FAST_ENGINE, "uvloop"),
         HTTP_SCENARIOS,
+        engine=FAST_ENGINE,
     ),
     ServerSpec(
         "hypercorn-trio",

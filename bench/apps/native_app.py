@@ -6,7 +6,7 @@ bench/apps/asgi_app.py. Logging is deliberately left unconfigured so that
 trioserve writes no access log. WebSocket compression is off and keepalive pings
 are never sent, as for the other servers in the benchmark.
 
-Usage: ``python bench/apps/native_app.py --port 8000 [--keep-alive 120]``
+Usage: ``python bench/apps/native_app.py --port 8000 [--keep-alive 120] [--http h11]``
 """
 
 import argparse
@@ -37,8 +37,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--keep-alive", type=float, default=5.0, help="seconds")
+    parser.add_argument(
+        "--http",
+        choices=("auto", "h11", "h11-mypyc"),
+        default="auto",
+        help="the HTTP engine, Config(http=...) (default: auto)",
+    )
     args = parser.parse_args()
     config = trioserve.Config(
+        http=args.http,
         keep_alive_timeout=args.keep_alive,
         ws_per_message_deflate=False,
         ws_ping_interval=math.inf,
