@@ -187,6 +187,10 @@ class HTTPConnection:
                 # Cancelled at Config.shutdown_timeout (or by a forced shutdown).
                 self.counters.shutdown_cutoffs += 1
             tracker.connection_closed(evicted=self._evicted)
+            if self._current is not None:  # freed now, not by the garbage collector
+                self._current.release()
+                self._current = None
+            self._tasks = None
             reset = aborted or self.response_open
             await close(self.stream, graceful=graceful, reset=reset, peer_eof=self.peer_eof)
 
@@ -406,6 +410,7 @@ class HTTPConnection:
             exchange.end()  # the request's body can no longer be read
             if not exchange.gone:  # else _scope_fired looks at it
                 self._current = None
+                exchange.release()
 
     async def _respond(self, request: Request, exchange: Exchange, *, last: bool) -> bool:
         started = trio.current_time()

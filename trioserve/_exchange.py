@@ -7,7 +7,7 @@ Rules for this module:
    next request (a body read or a wait left over from it raises or returns).
 2. The handler runs in the connection task (no task per request). A watcher task
    that notices a vanished client is started only if the handler suspends after the
-   request body is complete (see ``_run_inline``): a handler that answers at once
+   request body is complete (see ``_inline``): a handler that answers at once
    costs no task. A handler with ``watch_disconnect = False`` (the ASGI adapter) gets
    a watcher only when someone awaits ``Request.wait_disconnected()``.
 3. This module, ``_connection`` and ``_closing`` are the only code that reads the
@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -50,6 +50,7 @@ from ._errors import (
 from ._filebody import FileBody, FileChanged, FileRange, FileSource, can_sendfile
 from ._handler import Handler
 from ._http11 import BODY_END, BODY_INCOMPLETE
+from ._inline import run_inline
 from ._logging import error_logger
 from ._response import Response
 from .static._files import respond_file
@@ -61,8 +62,6 @@ if TYPE_CHECKING:
     from ._websocket import WebSocket
 
 __all__ = ["BODY_RECEIVE_SIZE", "RECEIVE_SIZE", "WRITE_CHUNK", "Abort", "Exchange"]
-
-T = TypeVar("T")
 
 #: Bytes asked of the stream per read (trio's own default for SocketStream).
 RECEIVE_SIZE: Final = 65536
@@ -98,6 +97,7 @@ class Exchange:
         "_peeked",
         "_read_done",
         "_reader",
+        "_released",
         "_watch_allowed",
         "_watch_wanted",
         "_watcher_done",
@@ -121,6 +121,7 @@ class Exchange:
         self._peeked: bytes | None = None  # a piece taken from h11 ahead of its ask
         self._read_done: trio.Event | None = None  # set when the read in flight ends
         self._reader: trio.CancelScope | None = None  # the reader task's, while it runs
+        self._released = False  # see release()
         self._watch_wanted = False  # start the watcher at the handler's next suspension
         self._watch_allowed = False  # from the handler's start until its response is out
         self._watcher_scope: trio.CancelScope | None = None
@@ -142,7 +143,7 @@ class Exchange:
         try:
             awaitable = handler(request)
             if type(awaitable) is types.CoroutineType or isinstance(awaitable, Coroutine):
-                result = await _run_inline(awaitable, self._on_handler_suspend)
+                result = await run_inline(awaitable, self._on_handler_suspend)
             else:
                 self._on_handler_suspend()
                 result = await awaitable
@@ -194,7 +195,10 @@ class Exchange:
                     self.request,
                     exc_info=failure,
                 )
-            raise rest from None
+            try:
+                raise rest from None
+            finally:
+                del raised, rest  # the traceback holds this frame: no cycle through it
         assert failure is not None  # split_failure returns one of the two, at least
         exc = single_leaf(failure)
         if isinstance(exc, ClientDisconnected):
@@ -392,7 +396,8 @@ class Exchange:
                 await self._connection.flush_continue()
                 await self._receive_body_bytes()
         except Exception as exc:  # HTTPError, ClientDisconnected, or a bug of ours:
-            self._error = exc  # raised to the asker, never into the connection nursery
+            if not self._released:  # else nobody may read any more (see release)
+                self._error = exc  # raised to the asker, never into the connection nursery
         finally:
             self._reader = None
             self._read_done = None
@@ -560,41 +565,18 @@ class Exchange:
         if self._over_event is not None:
             self._over_event.set()
 
+    def release(self) -> None:
+        """The connection is done with this exchange: drop what ties it in cycles (its
+        request, which holds it as its body; its body's failure, whose traceback holds
+        the frames that hold it), so that it is freed now, not by the garbage collector.
+        A read after this raises ``BodyUnavailable``, whatever the body's failure was."""
+        self.request = None
+        self._released = True
+        self._error = None
+
     async def close(self) -> None:
         """:meth:`end`, then wait until no read is in flight."""
         self.end()
         done = self._read_done
         if done is not None:
             await done.wait()
-
-
-@types.coroutine
-def _run_inline(
-    coro: Coroutine[object, object, T], on_suspend: Callable[[], None]
-) -> Generator[object, object, T]:
-    """Await ``coro``, calling ``on_suspend()`` each time it yields to trio.
-
-    This is exactly ``await coro`` (every value and exception passes through
-    unchanged, so cancellation and trio's checkpoints work as usual), plus a hook
-    that lets the connection start its disconnect watcher only for handlers that
-    actually wait: a handler that returns without suspending costs no extra task.
-    """
-    to_send: object = None
-    to_throw: BaseException | None = None
-    while True:
-        try:
-            if to_throw is None:
-                yielded = coro.send(to_send)
-            else:
-                yielded, to_throw = coro.throw(to_throw), None
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        on_suspend()
-        try:
-            to_send = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            to_throw = exc

@@ -157,7 +157,10 @@ class HTTPCycle:
                 await wake.wait()
         except BaseException:
             # Cancelled: the engine noticed that the client went away, or the server
-            # is cutting connections off. Either way nothing will be sent.
+            # is cutting connections off. Either way nothing will be sent, and a
+            # failure handed over meanwhile is moot (kept, its traceback would hold
+            # this cycle's frames in a reference cycle).
+            self._failure = None
             self.abort()
             raise
         failure = self._failure
