@@ -157,6 +157,51 @@ async def test_a_write_larger_than_the_socket_buffer_arrives_whole() -> None:
     assert received == data
 
 
+async def test_send_now_writes_what_fits_without_a_checkpoint() -> None:
+    async with tcp_pair() as (server, client):
+        io = io_of(server)
+        with trio.testing.assert_no_checkpoints():
+            assert io.send_now(b"hello") == 5
+        assert await client.receive_some(100) == b"hello"
+        # A peer that does not read: the buffer fills, and then nothing more fits.
+        taken = 0
+        with trio.testing.assert_no_checkpoints():
+            while (n := io.send_now(b"x" * 65536)) > 0:
+                taken += n
+        assert taken > 0
+        assert io.send_now(b"x") == 0
+
+
+async def test_send_now_on_a_closed_or_reset_socket_raises() -> None:
+    async with tcp_pair() as (server, client):
+        io = io_of(server)
+        linger = struct.pack("ii", 1, 0)
+        client.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, linger)
+        await client.aclose()
+        with pytest.raises(trio.BrokenResourceError):
+            await io.receive_some(100)  # takes in the reset
+        with pytest.raises(trio.BrokenResourceError):
+            io.send_now(b"x")
+        await server.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            io.send_now(b"x")
+
+
+async def test_a_waiting_read_is_woken_by_the_bytes() -> None:
+    async with tcp_pair() as (server, client):
+        io = io_of(server)
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await io.receive_some(100))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"woken")
+        assert got == [b"woken"]
+
+
 # --- ConnectionTasks -----------------------------------------------------------------
 
 
@@ -247,3 +292,33 @@ async def test_a_helper_bug_costs_its_connection_not_the_server(
         server_errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert [r.getMessage() for r in server_errors] == ["internal error in a connection's task"]
         nursery.cancel_scope.cancel()
+
+
+async def test_pipelined_requests_let_other_connections_in() -> None:
+    # Responses that fit are written without a checkpoint: a connection with fifty
+    # requests in hand must still yield between them, or it would hold the loop.
+    order: list[str] = []
+    all_served = trio.Event()
+
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        order.append(request.path)
+        if len(order) == 51:
+            all_served.set()
+        return trioserve.Response(200, body=b"ok")
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trioserve.serve, handler, 0, host="127.0.0.1")
+        server = await nursery.start(serve)
+        port = server.ports[0]
+        async with (
+            await trio.open_tcp_stream("127.0.0.1", port) as busy,
+            await trio.open_tcp_stream("127.0.0.1", port) as other,
+        ):
+            await trio.testing.wait_all_tasks_blocked()
+            pipelined = b"".join(b"GET /busy%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(50))
+            await busy.send_all(pipelined)
+            await other.send_all(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+            with trio.fail_after(10):
+                await all_served.wait()
+        nursery.cancel_scope.cancel()
+    assert order.index("/other") < 49

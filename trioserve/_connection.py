@@ -26,6 +26,11 @@ Rules for this module:
    two in one direction.
    A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written by
    the exchange's reader task or this task's next write, never under a handler's scope.
+6. A response piece that the socket buffer takes at once is written without a
+   checkpoint (``SocketIO.send_now``): no write deadline to move, no trip through the
+   scheduler. Nothing can fire meanwhile, since deadlines act only at checkpoints; the
+   write deadline is set only for what has to wait. The connection yields at its
+   next read, or before a pipelined request already in hand.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from ._opening import Ends, forward, open_tls, read_proxy
 from ._phases import HANDLER, HEAD, IDLE, WRITE, Phase
 from ._request import Request, TLSInfo
 from ._response import Response
-from ._socketio import io_for
+from ._socketio import SocketIO, io_for
 from ._tasks import ConnectionTasks, Task
 from ._tracker import ConnectionTracker
 from ._upgrade import end_websocket, refuse_handshake, upgrade_not_taken
@@ -302,7 +307,12 @@ class HTTPConnection:
         proto = self.proto
         try:
             head = proto.next_request()
-            if head is HEAD_INCOMPLETE:
+            if head is not HEAD_INCOMPLETE and not first:
+                # Pipelined behind the last request: yield here, since its response
+                # may have been written without a checkpoint (rule 6).
+                self.scope.deadline = _INF
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            elif head is HEAD_INCOMPLETE:
                 if not proto.has_partial_request:
                     if not await self._receive_first_bytes(idle_deadline):
                         return None
@@ -537,8 +547,16 @@ class HTTPConnection:
             if isinstance(data, FileRange):
                 await data.send(self.stream, scope, timeout)
             elif len(data) <= WRITE_CHUNK:
+                io = self.io
+                sent = 0
+                if type(io) is SocketIO and not scope.cancel_called:
+                    # Rule 6: what the socket buffer takes at once needs no deadline.
+                    sent = io.send_now(data)
+                    if sent == len(data):
+                        self._phase = phase
+                        return
                 scope.deadline = trio.current_time() + timeout
-                await self.io.send_all(data)
+                await io.send_all(memoryview(data)[sent:] if sent else data)
             else:
                 view = memoryview(data)
                 for offset in range(0, len(view), WRITE_CHUNK):

@@ -13,9 +13,16 @@ Rules for this module:
    methods do), a cancelled read has taken no bytes, a closed socket raises
    ``trio.ClosedResourceError`` and a broken one ``trio.BrokenResourceError``, two
    tasks reading (or writing) at once raise ``trio.BusyResourceError``.
+   A read that had to wait does not yield again after it: the wait was its
+   checkpoint (trio's sockets yield once more, a second trip through the scheduler
+   for every request that waits).
 2. Only for ``trio.SocketStream`` (``io_for``): any other stream (TLS, memory, a test's
    stream) is used as it is. The stream still owns the socket and closes it; the
    descriptor is looked up on every call, so a closed socket is never read by number.
+3. ``send_now`` is the one call that is not a checkpoint: it writes what the socket
+   buffer takes at once. The connection writes most responses with it, so that a
+   response that fits costs no deadline move and no trip through the scheduler; it
+   yields at its next read (see ``_connection``).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class SocketIO:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._receiving = True
         try:
+            waited = False
             while True:
                 try:
                     data = os.read(_descriptor(sock), max_bytes or 65536)
@@ -71,10 +79,29 @@ class SocketIO:
                 except OSError as exc:
                     raise _translated(exc) from exc
                 await trio.lowlevel.wait_readable(sock)  # cancelled: nothing taken
-            await trio.lowlevel.cancel_shielded_checkpoint()
+                waited = True
+            if not waited:  # a wait was the checkpoint; else yield now (rule 1)
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._receiving = False
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket buffer takes now; how many bytes it took.
+
+        Not a checkpoint (rule 3): no wait, no yield, no cancellation.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this socket")
+        sock = self._socket
+        if sock.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        try:
+            return os.write(_descriptor(sock), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _translated(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview, /) -> None:
         """Write all of ``data``, waiting for room in the socket buffer as needed."""
