@@ -132,10 +132,13 @@ async def _open_door(door: str) -> AsyncIterator[Callable[[ScriptedStream], Awai
 
         yield plain_loop
         return
+    # The doors run on the build of h11 that --h11 chose (trioserve's own default,
+    # auto, would take h11-mypyc whenever it is installed).
+    config = trioserve.Config(http="h11-mypyc" if h11.__name__ == "h11_mypyc" else "h11")
     if door == "native":
         import native_app
 
-        server = trioserve.Server(native_app.handler)
+        server = trioserve.Server(native_app.handler, config=config)
         yield functools.partial(server.serve_connection, client=ADDRESS, server=ADDRESS)
         return
     import asgi_app
@@ -143,7 +146,7 @@ async def _open_door(door: str) -> AsyncIterator[Callable[[ScriptedStream], Awai
     from trioserve.asgi import ASGIHandler
 
     handler = ASGIHandler(asgi_app.app)
-    server = trioserve.Server(handler)
+    server = trioserve.Server(handler, config=config)
     async with handler.lifespan():
         yield functools.partial(server.serve_connection, client=ADDRESS, server=ADDRESS)
 
