@@ -7,6 +7,7 @@ import functools
 import logging
 import socket as stdlib_socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -322,3 +323,65 @@ async def test_pipelined_requests_let_other_connections_in() -> None:
                 await all_served.wait()
         nursery.cancel_scope.cancel()
     assert order.index("/other") < 49
+
+
+async def test_a_request_in_hand_is_answered_though_its_head_deadline_passed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The handler answers without suspending but takes longer than what was left of
+    # the head deadline: its bytes came in time, so it is served (the write without
+    # a checkpoint once fired that passed deadline and aborted it as a write timeout).
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        time.sleep(0.3)  # noqa: ASYNC251  # blocking on purpose: no checkpoint
+        return trioserve.Response(200, body=b"ok")
+
+    config = trioserve.Config(header_timeout=0.2)
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trioserve.serve, handler, 0, host="127.0.0.1", config=config)
+        server = await nursery.start(serve)
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream("127.0.0.1", server.ports[0]) as stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"ok"):
+                    answer += await stream.receive_some()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        stats = server.statistics()
+        assert (stats.connections_aborted, stats.write_timeouts) == (0, 0)
+        nursery.cancel_scope.cancel()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_streamed_body_ready_at_once_still_yields_per_piece() -> None:
+    # Only whole responses go out without a checkpoint: a streamed body whose pieces
+    # are all ready must not hold the loop until the socket buffer is full.
+    pieces = 2000
+    ticks = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(pieces):
+            yield b"x" * 1024
+
+    async def handler(request: trioserve.Request) -> trioserve.Response:
+        return trioserve.Response(200, body=body())
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trioserve.serve, handler, 0, host="127.0.0.1")
+        server = await nursery.start(serve)
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream("127.0.0.1", server.ports[0]) as stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ticker)
+                received = 0
+                while data := await stream.receive_some(1 << 20):
+                    received += len(data)
+        assert received > pieces * 1024
+        nursery.cancel_scope.cancel()
+    assert ticks >= pieces // 2  # at least a turn for others every other piece

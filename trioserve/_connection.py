@@ -26,11 +26,12 @@ Rules for this module:
    two in one direction.
    A ``100 Continue`` is owed to h11 synchronously (``owe_continue``) and written by
    the exchange's reader task or this task's next write, never under a handler's scope.
-6. A response piece that the socket buffer takes at once is written without a
-   checkpoint (``SocketIO.send_now``): no write deadline to move, no trip through the
-   scheduler. Nothing can fire meanwhile, since deadlines act only at checkpoints; the
-   write deadline is set only for what has to wait. The connection yields at its
-   next read, or before a pipelined request already in hand.
+6. A whole response (head and body in one piece) that the socket buffer takes at
+   once is written without a checkpoint (``SocketIO.send_now``): no write deadline to
+   move, no trip through the scheduler. Nothing can fire meanwhile, since deadlines
+   act only at checkpoints (and nothing reads ``cancel_called``, which fires a passed
+   deadline); the write deadline is set only for what has to wait. The connection
+   yields at its next read, or before a pipelined request already in hand.
 """
 
 from __future__ import annotations
@@ -530,11 +531,14 @@ class HTTPConnection:
 
     # --- Sending -------------------------------------------------------------------------
 
-    async def send(self, data: bytes | FileRange) -> None:
+    async def send(self, data: bytes | FileRange, *, whole: bool = False) -> None:
         """Write under the write deadline (the connection scope, in the WRITE phase).
 
         Large data goes in WRITE_CHUNK pieces, a file range by ``sendfile``, each with a
         fresh deadline. A broken client aborts; a stuck one fires the scope (_scope_fired).
+        ``whole``: ``data`` is a whole response, written without a checkpoint if the
+        socket takes it at once (rule 6); a streamed body's pieces always yield, so
+        a body that is ready at once cannot hold the loop.
         """
         scope = self.scope
         timeout = self.config.write_timeout
@@ -547,10 +551,12 @@ class HTTPConnection:
             if isinstance(data, FileRange):
                 await data.send(self.stream, scope, timeout)
             elif len(data) <= WRITE_CHUNK:
-                io = self.io
                 sent = 0
-                if type(io) is SocketIO and not scope.cancel_called:
+                io = self.io
+                if whole and type(io) is SocketIO:
                     # Rule 6: what the socket buffer takes at once needs no deadline.
+                    # (Not even a look at scope.cancel_called: trio would fire a
+                    # deadline already passed, the head's, on a request in hand.)
                     sent = io.send_now(data)
                     if sent == len(data):
                         self._phase = phase

@@ -464,10 +464,11 @@ class Exchange:
                 response.status, response.headers, len(body), close=close
             )
             if not body_allowed or not body:
-                await send(head + proto.end_response())
+                await send(head + proto.end_response(), whole=True)
                 return 0
             if len(body) <= WRITE_CHUNK:
-                await send(head + b"".join(proto.send_data(body)) + proto.end_response())
+                whole = head + b"".join(proto.send_data(body)) + proto.end_response()
+                await send(whole, whole=True)
             else:
                 await send(head)
                 for piece in proto.send_data(body):

@@ -16,7 +16,7 @@ Rules for this module:
    A read that had to wait does not yield again after it: the wait was its
    checkpoint (trio's sockets yield once more, a second trip through the scheduler
    for every request that waits).
-2. Only for ``trio.SocketStream`` (``io_for``): any other stream (TLS, memory, a test's
+2. Only for ``trio.SocketStream`` on POSIX (``io_for``): any other stream (TLS, memory, a test's
    stream) is used as it is. The stream still owns the socket and closes it; the
    descriptor is looked up on every call, so a closed socket is never read by number.
 3. ``send_now`` is the one call that is not a checkpoint: it writes what the socket
@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
 __all__ = ["SocketIO", "StreamIO", "io_for"]
+
+#: ``os.read`` and ``os.write`` take a socket's descriptor on POSIX only (on Windows a
+#: socket is a handle): elsewhere the stream's own methods are used.
+_POSIX: Final = os.name == "posix"
 
 
 class StreamIO(Protocol):
@@ -46,7 +50,7 @@ class StreamIO(Protocol):
 
 def io_for(stream: trio.abc.Stream) -> StreamIO:
     """A ``SocketIO`` for a plain socket stream, else the stream itself (rule 2)."""
-    if type(stream) is trio.SocketStream:
+    if _POSIX and type(stream) is trio.SocketStream:
         return SocketIO(stream.socket)
     return stream
 
@@ -65,6 +69,10 @@ class SocketIO:
         """Up to ``max_bytes`` bytes; ``b""`` at end of file."""
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this socket")
+        if max_bytes is None:
+            max_bytes = 65536
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
         sock = self._socket
         await trio.lowlevel.checkpoint_if_cancelled()
         self._receiving = True
@@ -72,7 +80,7 @@ class SocketIO:
             waited = False
             while True:
                 try:
-                    data = os.read(_descriptor(sock), max_bytes or 65536)
+                    data = os.read(_descriptor(sock), max_bytes)
                     break
                 except BlockingIOError:
                     pass  # wait outside the handler: it would keep the exception alive
